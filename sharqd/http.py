@@ -1,0 +1,138 @@
+"""
+twisted.web plumbing under the Klein app: a request that refuses oversized
+bodies before buffering them, and a listening service that lets in-flight
+requests finish when it stops.
+"""
+
+import json
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
+
+
+class SharqRequest(Request):
+    # Bodies are JSON, never forms: skip twisted.web's Content-Type parsing
+    # (through the email package), a large share of per-request CPU.
+    _parsePOSTFormSubmission = False
+
+    _too_large = False
+    _received = 0
+
+    def gotLength(self, length):
+        limit = self.channel.site.max_request_size
+        if length is not None and length > limit:
+            self._refuse(length, limit)
+        super().gotLength(None if self._too_large else length)
+
+    def handleContentChunk(self, data):
+        if self._too_large:
+            return
+        self._received += len(data)
+        limit = self.channel.site.max_request_size
+        if self._received > limit:
+            self._refuse(self._received, limit)  # chunked: known only now
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if not self._too_large:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, size, limit):
+        """Answer 413 and hang up without reading the rest of the body."""
+        self._too_large = True
+        # no "100 Continue" for a body we refuse
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({
+            "status": "failure",
+            "message": f"Request body of {size} bytes is larger than "
+                       f"max_request_size ({limit} bytes)."}).encode()
+        self.channel.transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.channel.loseConnection()
+
+
+class SharqSite(Site):
+    requestFactory = SharqRequest
+    noisy = False
+
+    def __init__(self, resource, max_request_size, **kwargs):
+        super().__init__(resource, **kwargs)
+        # without a logPath twisted.web would send the access log to the
+        # main log; the config says no access log then
+        self.access_log = self.logPath is not None
+        self.max_request_size = max_request_size
+        self.in_flight = 0
+        self._idle_waiters = []
+
+    def getResourceFor(self, request):
+        self.in_flight += 1
+        request.notifyFinish().addBoth(self._request_done)
+        return super().getResourceFor(request)
+
+    def _request_done(self, _):
+        self.in_flight -= 1
+        if not self.in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def log(self, request):
+        if self.access_log:
+            super().log(request)
+
+    def when_idle(self):
+        """A Deferred that fires once no request is in flight."""
+        if not self.in_flight:
+            return succeed(None)
+        d = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+
+class HTTPService(StreamServerEndpointService):
+    """Listens on an endpoint; on stop, stops listening, then drains."""
+
+    log = Logger()
+    # a port we cannot listen on must stop startup, not just be logged
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint, site, clock, description="",
+                 drain_seconds=DRAIN_SECONDS):
+        super().__init__(endpoint, site)
+        self.site = site
+        self.clock = clock
+        self.description = description
+        self.drain_seconds = drain_seconds
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise SystemExit(f"sharqd: cannot listen on {self.description}: {e}")
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        self.log.info("sharqd listening on {where}", where=self.description)
+        return port
+
+    async def _stop(self):
+        await super().stopService()
+        if self.site.in_flight:
+            self.log.info("Waiting for {n} in-flight requests", n=self.site.in_flight)
+            idle = self.site.when_idle()
+            idle.addTimeout(self.drain_seconds, self.clock)
+            try:
+                await idle
+            except Exception:
+                self.log.warn("{n} requests still in flight after {s} s; stopping anyway",
+                              n=self.site.in_flight, s=self.drain_seconds)
+
+    def stopService(self):
+        return Deferred.fromCoroutine(self._stop())

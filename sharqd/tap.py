@@ -1,0 +1,88 @@
+"""
+Composition root: the twistd options and the service tree of one sharqd.
+"""
+
+from twisted.application.service import MultiService
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from sharqd import __version__
+from sharqd.config import Config
+from sharqd.errors import ConfigError
+from sharqd.http import HTTPService, SharqSite
+from sharqd.queue import Queue
+from sharqd.redis import RedisService
+from sharqd.requeue import RequeueService
+from sharqd.web import Api
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "-c FILE"
+    longdesc = "Run sharqd, the SharQ Server API over Redis, from a SharQ config file."
+    optParameters = [
+        ["config", "c", None, "Path of the SharQ configuration file."],
+    ]
+
+    def opt_version(self):
+        """Print sharqd's version and exit."""
+        print(f"sharqd {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        if not self["config"]:
+            raise usage.UsageError("give the config file with -c FILE")
+        # A bad config is one line on stderr and exit status 1: SystemExit
+        # carries through twistd without a traceback or the usage text.
+        try:
+            self.loaded = Config.from_file(self["config"])
+        except ConfigError as e:
+            raise SystemExit(f"sharqd: {e}")
+
+
+def listen_description(server):
+    """The endpoint string to listen on: `listen`, else host and port."""
+    if server.listen:
+        return server.listen
+    host = server.host.replace(":", "\\:")  # IPv6 literals
+    return f"tcp:{server.port}:interface={host}"
+
+
+class SharqService(MultiService):
+    """Stops its children one by one, newest first: the HTTP side drains
+    before the requeue timer stops, and Redis closes last."""
+
+    def stopService(self):
+        return Deferred.fromCoroutine(self._stop_in_order())
+
+    async def _stop_in_order(self):
+        self.running = False
+        for service in reversed(list(self)):
+            await maybeDeferred(service.stopService)
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    config = getattr(options, "loaded", None) or Config.from_file(options["config"])
+    try:
+        endpoint = endpoints.serverFromString(reactor, listen_description(config.server))
+    except Exception as e:
+        raise SystemExit(f"sharqd: {config.source}: [sharq-server] listen = "
+                         f"{listen_description(config.server)!r}: {e}")
+
+    top = SharqService()
+    redis = RedisService(config.redis)
+    redis.setServiceParent(top)
+    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval)
+    RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
+
+    api = Api(queue, config.sharq.default_job_requeue_limit)
+    site = SharqSite(api.resource(), config.server.max_request_size,
+                     logPath=config.server.accesslog or None, reactor=reactor)
+    HTTPService(endpoint, site, reactor,
+                description=listen_description(config.server)).setServiceParent(top)
+    return top

@@ -1,0 +1,169 @@
+"""
+The HTTP API of the SharQ Server as a Klein app: parse, call the queue,
+answer JSON.  No Redis here.
+"""
+
+import json
+
+from klein import Klein
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import RequestRedirect
+
+from sharqd import validation
+from sharqd.errors import SharqError
+
+JSON = b"application/json"
+DEFAULT_TYPE = "default"
+
+
+def answer(request, status, body):
+    """Write a JSON answer: body is a dict or already encoded JSON bytes."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON)
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    return body
+
+
+def _counts(counts):
+    return ({str(m): n for m, n in zip(counts.minutes, counts.enqueued)},
+            {str(m): n for m, n in zip(counts.minutes, counts.dequeued)})
+
+
+class Api:
+    app = Klein()
+    log = Logger()
+
+    def __init__(self, queue, default_requeue_limit=-1):
+        self.queue = queue
+        self.default_requeue_limit = default_requeue_limit
+
+    def resource(self):
+        return self.app.resource()
+
+    # ---- errors: werkzeug's first so redirects, 404 and 405 keep their codes
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request, failure):
+        error = failure.value
+        if isinstance(error, RequestRedirect):
+            request.setHeader(b"location", error.new_url.encode())
+            message = f"This resource lives at {error.new_url}"
+        elif isinstance(error, MethodNotAllowed):
+            allowed = ", ".join(error.valid_methods or ())
+            request.setHeader(b"allow", allowed.encode())
+            message = (f"Method {request.method.decode('latin-1')} is not allowed "
+                       f"here; use {allowed}.")
+        elif error.code == 404:
+            message = f"No such route: {request.path.decode('latin-1')}"
+        else:
+            message = error.description
+        return answer(request, error.code, {"status": "failure", "message": message})
+
+    @app.handle_errors(SharqError)
+    def sharq_error(self, request, failure):
+        error = failure.value
+        return answer(request, error.status, error.body())
+
+    @app.handle_errors(Exception)
+    def unexpected_error(self, request, failure):
+        self.log.failure("Unexpected error answering {method} {path}", failure,
+                         method=request.method, path=request.path)
+        return answer(request, 500, {"status": "failure",
+                                     "message": "Internal server error; see the server log."})
+
+    # ---- routes
+
+    @app.route("/", methods=["GET"])
+    def index(self, request):
+        return answer(request, 200, {"message": "Hello, SharQ!"})
+
+    @app.route("/enqueue/<queue_type>/<queue_id>/", methods=["POST"])
+    async def enqueue(self, request, queue_type, queue_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        body = validation.json_body(request.content.read())
+        job_id, interval, payload, limit, max_length = validation.enqueue_fields(
+            body, self.default_requeue_limit)
+        length = await self.queue.enqueue(
+            queue_type, queue_id, job_id, interval,
+            validation.encode_payload(payload), limit, max_length)
+        if max_length is None:
+            return answer(request, 201, b'{"status": "queued"}')
+        # as in the original: the length the check saw, before this job
+        return answer(request, 201, {"status": "queued",
+                                     "current_queue_length": length - 1})
+
+    @app.route("/dequeue/", methods=["GET"])
+    async def dequeue_default(self, request):
+        return await self.dequeue(request, DEFAULT_TYPE)
+
+    @app.route("/dequeue/<queue_type>/", methods=["GET"])
+    async def dequeue(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        job = await self.queue.dequeue(queue_type)
+        if job is None:
+            return answer(request, 404, {
+                "status": "failure",
+                "message": f"No job of type `{queue_type}` is ready."})
+        # the stored payload is JSON text: splice it in rather than decode it
+        return answer(request, 200, b'{"status": "success", "queue_id": "%s", '
+                      b'"job_id": "%s", "payload": %s, "requeues_remaining": %d, '
+                      b'"current_queue_length": %d}' % (
+                          job.queue_id.encode(), job.job_id.encode(), job.payload,
+                          job.requeues_remaining, job.current_queue_length))
+
+    @app.route("/finish/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
+    async def finish(self, request, queue_type, queue_id, job_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        validation.identifier("job_id", job_id)
+        await self.queue.finish(queue_type, queue_id, job_id)
+        return answer(request, 200, b'{"status": "success"}')
+
+    @app.route("/interval/<queue_type>/<queue_id>/", methods=["POST"])
+    async def interval(self, request, queue_type, queue_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        interval = validation.interval_field(validation.json_body(request.content.read()))
+        await self.queue.set_interval(queue_type, queue_id, interval)
+        return answer(request, 200, {"status": "success"})
+
+    @app.route("/metrics/", methods=["GET"])
+    async def metrics(self, request):
+        types, counts = await self.queue.global_metrics()
+        enqueued, dequeued = _counts(counts)
+        return answer(request, 200, {"status": "success", "queue_types": types,
+                                     "enqueue_counts": enqueued,
+                                     "dequeue_counts": dequeued})
+
+    @app.route("/metrics/<queue_type>/", methods=["GET"])
+    async def type_metrics(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        ids = await self.queue.queue_ids(queue_type)
+        return answer(request, 200, {"status": "success", "queue_ids": ids})
+
+    @app.route("/metrics/<queue_type>/<queue_id>/", methods=["GET"])
+    async def queue_metrics(self, request, queue_type, queue_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        length, counts = await self.queue.queue_metrics(queue_type, queue_id)
+        enqueued, dequeued = _counts(counts)
+        return answer(request, 200, {"status": "success", "queue_length": length,
+                                     "enqueue_counts": enqueued,
+                                     "dequeue_counts": dequeued})
+
+    @app.route("/deletequeue/<queue_type>/<queue_id>/", methods=["DELETE"])
+    async def delete_queue(self, request, queue_type, queue_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        purge_all = validation.purge_all_field(validation.json_body(request.content.read()))
+        await self.queue.delete_queue(queue_type, queue_id, purge_all)
+        return answer(request, 200, {"status": "success",
+                                     "message": f"Queue `{queue_type}/{queue_id}` deleted."})
+
+    @app.route("/deepstatus/", methods=["GET"])
+    async def deepstatus(self, request):
+        await self.queue.ping()
+        return answer(request, 200, {"status": "success"})
