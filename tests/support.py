@@ -1,0 +1,133 @@
+"""
+Test support: real redis-server processes on free ports, and a connected
+RedisService for a test.  No fake Redis anywhere.
+"""
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from sharqd.config import RedisSection
+from sharqd.queue import Queue
+from sharqd.redis import RedisService
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of our own, on a free TCP port and a unix socket."""
+
+    def __init__(self, appendonly=False):
+        self.dir = tempfile.mkdtemp(prefix="sharqd-redis-")
+        self.port = free_port()
+        self.unix_socket = os.path.join(self.dir, "redis.sock")
+        self.appendonly = appendonly
+        self.process = None
+
+    def start(self):
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--unixsocket", self.unix_socket, "--unixsocketperm", "700",
+                "--dir", self.dir, "--save", "",
+                "--appendonly", "yes" if self.appendonly else "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def pause(self):
+        """SIGSTOP: Redis keeps its connections but answers nothing."""
+        self.process.send_signal(19)
+
+    def resume(self):
+        self.process.send_signal(18)
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def section(self, unix=False, **overrides):
+        if unix:
+            return RedisSection(conn_type="unix_sock", unix_socket_path=self.unix_socket,
+                                **overrides)
+        return RedisSection(port=self.port, **overrides)
+
+
+_shared = None
+
+
+def shared_redis():
+    """One redis-server for the whole test run; tests use unique key prefixes."""
+    global _shared
+    if _shared is None:
+        _shared = RedisServer().start()
+        atexit.register(_shared.cleanup)
+    return _shared
+
+
+def unique_prefix():
+    return "t" + uuid.uuid4().hex[:12]
+
+
+async def wait_until(predicate, timeout=10.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await deferLater(reactor, step, lambda: None)
+
+
+async def connected_service(testcase, section):
+    """A started RedisService with a live connection, stopped at cleanup."""
+    service = RedisService(section)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    await wait_until(lambda: service._pick() is not None)
+    return service
+
+
+class FakeClock:
+    """Epoch seconds under the test's control, passed to Queue as `clock`."""
+
+    def __init__(self, now=1_700_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+async def make_queue(testcase, unix=False, expire_ms=1000):
+    """A Queue on the shared Redis, with its own key prefix and a fake clock."""
+    service = await connected_service(testcase, shared_redis().section(unix=unix))
+    clock = FakeClock()
+    return Queue(service.execute, unique_prefix(), expire_ms, clock=clock), clock
