@@ -36,7 +36,8 @@ class RequeueService(Service):
         self._loop.start(self.interval, now=False)
 
     async def _stop(self):
-        self._loop.stop()
+        if self._loop.running:
+            self._loop.stop()
         if self._running is not None:
             await self._running
         try:

@@ -1,5 +1,7 @@
 import os
 import sys
 
-# the tests import their support module as `support`
-sys.path.insert(0, os.path.dirname(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# the tests import the tree they sit in (not an installed copy) and their
+# support module as `support`
+sys.path[:0] = [os.path.dirname(HERE), HERE]

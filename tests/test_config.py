@@ -1,0 +1,142 @@
+"""
+The config file: the original's sample loads as is, defaults match SPEC
+section 4, and every bad value is one line naming file, section, key, value.
+"""
+
+import os
+
+import pytest
+from twisted.logger import LogLevel, globalLogPublisher
+
+from sharqd.config import Config
+from sharqd.errors import ConfigError
+
+HERE = os.path.dirname(__file__)
+SAMPLE = os.path.join(HERE, "data", "original-sample.conf")
+SHIPPED = os.path.join(HERE, "..", "etc", "sharq.conf")
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sharq.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(tmp_path, text):
+    with pytest.raises(ConfigError) as info:
+        Config.from_file(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_original_sample_loads_verbatim():
+    """When the original README's sample config is read byte for byte, every
+    value (inline comments stripped) is taken."""
+    config = Config.from_file(SAMPLE)
+    assert config.sharq.job_expire_interval == 1000
+    assert config.sharq.job_requeue_interval == 1000
+    assert (config.server.host, config.server.port, config.server.workers) == (
+        "127.0.0.1", 8080, 1)
+    assert config.server.accesslog == "/var/log/sharq-server/sharq.log"
+    assert config.redis.conn_type == "unix_sock"
+    assert config.redis.unix_socket_path == "/tmp/redis.sock"
+    assert (config.redis.db, config.redis.key_prefix, config.redis.port) == (
+        0, "sharq_server", 6379)
+
+
+def test_shipped_config_loads():
+    """When sharqd's own etc/sharq.conf is read, it loads."""
+    assert Config.from_file(SHIPPED).server.port == 8080
+
+
+def test_defaults(tmp_path):
+    """When sections and keys are absent, the SPEC's defaults apply."""
+    config = Config.from_file(write(tmp_path, ""))
+    assert config.sharq.job_expire_interval == 1000
+    assert config.sharq.job_requeue_interval == 1000
+    assert config.sharq.default_job_requeue_limit == -1
+    assert config.server.host == "127.0.0.1"
+    assert config.server.port == 8080
+    assert config.server.workers == 1
+    assert config.server.accesslog == ""
+    assert config.server.max_request_size == 1048576
+    assert config.server.listen == ""
+    assert config.redis.conn_type == "tcp_sock"
+    assert (config.redis.host, config.redis.port, config.redis.db) == ("127.0.0.1", 6379, 0)
+    assert config.redis.key_prefix == "sharq_server"
+    assert config.redis.password == ""
+    assert config.redis.timeout == 2.0
+
+
+def test_both_delimiters_and_comments(tmp_path):
+    """When keys use = or : and carry ; or # comments, the values are clean."""
+    config = Config.from_file(write(tmp_path, (
+        "[sharq-server]\nport = 9000 # the port\nhost : ::1 ; v6\n"
+        "listen = unix:/tmp/s.sock\n[redis]\ntimeout = 0.5\npassword = s3cret\n")))
+    assert (config.server.port, config.server.host) == (9000, "::1")
+    assert config.server.listen == "unix:/tmp/s.sock"
+    assert (config.redis.timeout, config.redis.password) == (0.5, "s3cret")
+
+
+def test_missing_file_names_the_file(tmp_path):
+    """When the file does not exist, the error names it and says why."""
+    path = str(tmp_path / "nope.conf")
+    with pytest.raises(ConfigError) as info:
+        Config.from_file(path)
+    assert str(info.value) == f"{path}: cannot read config file: No such file or directory"
+
+
+def test_not_ini_is_one_line(tmp_path):
+    """When the file is not INI, the error is one line naming the file."""
+    message = error_of(tmp_path, "port 8080\n[x\n")
+    assert "\n" not in message and message.startswith(str(tmp_path / "sharq.conf"))
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("sharq", "job_expire_interval", "soon"),
+    ("sharq", "job_expire_interval", "0"),
+    ("sharq", "job_requeue_interval", "-5"),
+    ("sharq", "default_job_requeue_limit", "-2"),
+    ("sharq-server", "port", "http"),
+    ("sharq-server", "port", "70000"),
+    ("sharq-server", "workers", "0"),
+    ("sharq-server", "max_request_size", "1.5"),
+    ("redis", "db", "one"),
+    ("redis", "port", "0"),
+    ("redis", "conn_type", "udp_sock"),
+    ("redis", "clustered", "maybe"),
+    ("redis", "clustered", "true"),
+    ("redis", "timeout", "0"),
+    ("redis", "key_prefix", "has space"),
+])
+def test_bad_value_names_file_section_key_value(tmp_path, section, key, value):
+    """When a value is bad, the one-line error names file, section, key, value."""
+    path = write(tmp_path, f"[{section}]\n{key} : {value}\n")
+    with pytest.raises(ConfigError) as info:
+        Config.from_file(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: [{section}] {key} = {value!r}: ")
+
+
+def test_unix_sock_needs_a_path(tmp_path):
+    """When conn_type is unix_sock without unix_socket_path, startup is refused."""
+    message = error_of(tmp_path, "[redis]\nconn_type : unix_sock\n")
+    assert "[redis] unix_socket_path" in message and "required" in message
+
+
+def test_unknown_keys_are_warned_about(tmp_path):
+    """When a key or section is unknown, it is ignored with a warning."""
+    seen = []
+
+    def observer(event):
+        if event.get("log_level") == LogLevel.warn:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        config = Config.from_file(write(tmp_path, "[sharq]\ncolour : blue\n[extra]\na = 1\n"))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert config.sharq.job_expire_interval == 1000
+    assert {e.get("key") for e in seen} >= {"colour"}
+    assert {e.get("section") for e in seen} >= {"extra"}

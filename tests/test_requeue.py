@@ -1,0 +1,116 @@
+"""
+The requeue service: its timer with task.Clock, and its passes and lock on
+a real redis-server.
+"""
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from sharqd.errors import RedisUnavailable
+from sharqd.requeue import RequeueService
+from support import make_queue
+
+
+class ScriptedQueue:
+    """Stands in for Queue in timer tests: counts passes, can fail or stall."""
+
+    def __init__(self):
+        self.locks = 0
+        self.fail = False
+        self.stall = None
+
+    async def lock(self, token, ttl):
+        self.locks += 1
+        if self.fail:
+            raise RedisUnavailable()
+        if self.stall is not None:
+            await self.stall
+        return True
+
+    async def unlock(self, token):
+        return True
+
+    async def queue_types(self):
+        return []
+
+
+class TimerTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.queue = ScriptedQueue()
+        self.service = RequeueService(self.queue, 500, self.clock)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+
+    def test_pass_every_interval(self):
+        """When job_requeue_interval is 500 ms, a pass runs every 500 ms."""
+        self.clock.advance(0.499)
+        self.assertEqual(self.queue.locks, 0)
+        self.clock.advance(0.001)
+        self.assertEqual(self.queue.locks, 1)
+        self.clock.advance(0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(self.queue.locks, 3)
+
+    def test_failing_pass_is_logged_and_timer_goes_on(self):
+        """When a pass fails, the failure is logged and the next pass still runs."""
+        self.queue.fail = True
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.flushLoggedErrors(RedisUnavailable)), 1)
+        self.queue.fail = False
+        self.clock.advance(0.5)
+        self.assertEqual(self.queue.locks, 2)
+
+    def test_slow_pass_is_not_overlapped(self):
+        """When a pass is still running at the next tick, that tick is skipped."""
+        self.queue.stall = Deferred()
+        self.clock.advance(0.5)
+        self.clock.advance(0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(self.queue.locks, 1)
+        self.queue.stall.callback(None)
+        self.queue.stall = None
+        self.clock.advance(0.5)
+        self.assertEqual(self.queue.locks, 2)
+
+    def test_stop_stops_the_timer(self):
+        """When the service stops, no further pass runs."""
+        self.service.stopService()
+        self.clock.advance(5)
+        self.assertEqual(self.queue.locks, 0)
+
+
+class PassTests(TestCase):
+    async def setUp(self):
+        self.q, self.clock = await make_queue(self, expire_ms=1000)
+
+    async def fill_active(self, n, qtype="sms"):
+        for i in range(n):
+            await self.q.enqueue(qtype, f"q{i % 50}", f"j{i}", 0, b"{}", -1)
+        for _ in range(n):
+            await self.q.dequeue(qtype)
+
+    async def test_pass_requeues_everything_in_batches(self):
+        """When more jobs expired than a batch holds, one pass puts back all of
+        them, across types."""
+        await self.fill_active(120)
+        await self.fill_active(30, qtype="email")
+        self.clock.advance(2)
+        service = RequeueService(self.q, 1000, Clock(), batch=50)
+        self.assertEqual(await service.run_pass(), 150)
+        self.assertEqual(await service.run_pass(), 0)
+        self.assertIsNotNone(await self.q.dequeue("sms"))
+
+    async def test_lock_lets_one_process_pass_at_a_time(self):
+        """When another sharqd holds the requeue lock, this one skips its pass;
+        once the holder releases it, this one runs."""
+        await self.fill_active(5)
+        self.clock.advance(2)
+        holder = RequeueService(self.q, 1000, Clock())
+        other = RequeueService(self.q, 1000, Clock())
+        self.assertTrue(await self.q.lock(holder.token, 10000))
+        self.assertEqual(await other.run_pass(), 0)
+        self.assertTrue(await self.q.unlock(holder.token))
+        self.assertFalse(await self.q.unlock(holder.token))
+        self.assertEqual(await other.run_pass(), 5)
