@@ -81,6 +81,7 @@ class Config:
         )
         reader.warn_unknown_sections()
         _check_redis(config.redis, reader)
+        _check_server(config.server, reader)
         return config
 
 
@@ -199,6 +200,14 @@ class _Reader:
             if name not in _SECTIONS:
                 log.warn("{source}: unknown section [{section}] ignored",
                          source=self.source, section=name)
+
+
+def _check_server(server, reader):
+    # worker processes adopt a plain listening socket: TLS would be lost
+    if server.workers > 1 and server.listen and \
+            not server.listen.startswith(("tcp:", "tcp6:", "unix:")):
+        reader.fail("sharq-server", "listen", server.listen,
+                    "workers > 1 needs a tcp:, tcp6: or unix: endpoint")
 
 
 def _check_redis(redis, reader):

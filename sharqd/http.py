@@ -5,6 +5,9 @@ requests finish when it stops.
 """
 
 import json
+import os
+import signal
+import socket
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, succeed
@@ -83,9 +86,21 @@ class SharqSite(Site):
             for d in waiters:
                 d.callback(None)
 
+    def _openLogFile(self, path):
+        # Site's default LogFile rotates by itself at 1 MB and writes at its
+        # own offset; O_APPEND line by line is what logrotate and several
+        # worker processes sharing the file need
+        return open(path, "a", 1, newline="\n")
+
     def log(self, request):
         if self.access_log:
             super().log(request)
+
+    def reopen_log(self):
+        """Reopen the access log, after logrotate renamed it (SIGHUP)."""
+        if self.access_log and self._logFile is not None:
+            self._logFile.close()
+            self._logFile = self._openLogFile(self.logPath)
 
     def when_idle(self):
         """A Deferred that fires once no request is in flight."""
@@ -119,8 +134,14 @@ class HTTPService(StreamServerEndpointService):
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port):
+        self.port = port
         self.log.info("sharqd listening on {where}", where=self.description)
         return port
+
+    def startService(self):
+        super().startService()
+        reopen = self.site.reopen_log
+        signal.signal(signal.SIGHUP, lambda *_: self.clock.callFromThread(reopen))
 
     async def _stop(self):
         await super().stopService()
@@ -136,3 +157,24 @@ class HTTPService(StreamServerEndpointService):
 
     def stopService(self):
         return Deferred.fromCoroutine(self._stop())
+
+
+class AdoptedPortService(HTTPService):
+    """A worker process: serves on a listening socket its parent opened."""
+
+    def __init__(self, fd, site, clock, description=""):
+        super().__init__(None, site, clock, description)
+        self.fd = fd
+
+    def privilegedStartService(self):
+        pass  # nothing to bind: the parent did
+
+    def startService(self):
+        sock = socket.socket(fileno=self.fd)  # only to learn the family
+        family = sock.family
+        sock.detach()
+        port = self.clock.adoptStreamPort(self.fd, family, self.site)
+        os.close(self.fd)  # adoptStreamPort listens on a duplicate
+        self._waitingForPort = succeed(port)
+        self._listening(port)
+        HTTPService.startService(self)

@@ -2,6 +2,8 @@
 Composition root: the twistd options and the service tree of one sharqd.
 """
 
+import os
+
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -11,11 +13,12 @@ from twisted.python import usage
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
-from sharqd.http import HTTPService, SharqSite
+from sharqd.http import AdoptedPortService, HTTPService, SharqSite
 from sharqd.queue import Queue
 from sharqd.redis import RedisService
 from sharqd.requeue import RequeueService
 from sharqd.web import Api
+from sharqd.workers import WorkerPool
 
 log = Logger()
 
@@ -25,6 +28,8 @@ class Options(usage.Options):
     longdesc = "Run sharqd, the SharQ Server API over Redis, from a SharQ config file."
     optParameters = [
         ["config", "c", None, "Path of the SharQ configuration file."],
+        # internal: a worker process serves on its parent's listening socket
+        ["adopt-fd", None, None, None, int],
     ]
 
     def opt_version(self):
@@ -64,6 +69,21 @@ class SharqService(MultiService):
             await maybeDeferred(service.stopService)
 
 
+def open_access_log(config):
+    """The access log's path, its folder made and the file checked writable
+    now, so a bad path stops startup with one line."""
+    path = config.server.accesslog
+    if not path:
+        return None
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        open(path, "a").close()
+    except OSError as e:
+        raise SystemExit(f"sharqd: {config.source}: [sharq-server] accesslog = "
+                         f"{path!r}: cannot write: {e.strerror}")
+    return path
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -82,7 +102,14 @@ def makeService(options, reactor=None):
 
     api = Api(queue, config.sharq.default_job_requeue_limit)
     site = SharqSite(api.resource(), config.server.max_request_size,
-                     logPath=config.server.accesslog or None, reactor=reactor)
-    HTTPService(endpoint, site, reactor,
-                description=listen_description(config.server)).setServiceParent(top)
+                     logPath=open_access_log(config), reactor=reactor)
+    where = listen_description(config.server)
+    if options["adopt-fd"] is not None:
+        AdoptedPortService(options["adopt-fd"], site, reactor, where).setServiceParent(top)
+        return top
+    http = HTTPService(endpoint, site, reactor, description=where)
+    http.setServiceParent(top)
+    if config.server.workers > 1:
+        WorkerPool(config.server.workers, options["config"], http,
+                   reactor).setServiceParent(top)
     return top

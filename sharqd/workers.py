@@ -1,0 +1,110 @@
+"""
+`workers = N`: the parent listens and serves, and runs N-1 worker processes
+that adopt its listening socket.  A worker that dies is logged and started
+again; stopping the parent stops them all.
+"""
+
+import os
+import signal
+import sys
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+
+CHILD_FD = 3          # where a worker finds the listening socket
+RESTART_DELAY = 1.0   # seconds before a dead worker is started again
+STOP_SECONDS = 15     # a worker still running after this is killed
+
+
+class _Worker(ProcessProtocol):
+    log = Logger()
+
+    def __init__(self, pool, number):
+        self.pool = pool
+        self.number = number
+        self.ended = Deferred()
+        self._partial = b""
+
+    def outReceived(self, data):
+        # relay the worker's log lines into ours, so there is one log
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self.log.info("[worker {n}] {line}", n=self.number,
+                          line=line.decode("utf-8", "replace"))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(None)
+        self.pool.ended(self, reason)
+
+
+class WorkerPool(Service):
+    log = Logger()
+
+    def __init__(self, count, config_path, http_service, reactor):
+        self.count = count
+        self.config_path = config_path
+        self.http = http_service
+        self.reactor = reactor
+        self.workers = {}
+        self.stopping = False
+
+    def startService(self):
+        super().startService()
+        for number in range(2, self.count + 1):
+            self.spawn(number)
+        signal.signal(signal.SIGHUP, self._hangup)
+
+    def spawn(self, number):
+        worker = _Worker(self, number)
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "--nodaemon", "--pidfile=",
+                "--logfile=-", "sharq", "-c", self.config_path,
+                "--adopt-fd", str(CHILD_FD)]
+        self.reactor.spawnProcess(
+            worker, sys.executable, args, env=os.environ.copy(),
+            childFDs={0: "w", 1: "r", 2: "r", CHILD_FD: self.http.port.fileno()})
+        self.workers[number] = worker
+
+    def ended(self, worker, reason):
+        del self.workers[worker.number]
+        if self.stopping:
+            return
+        self.log.error("Worker {n} died ({reason}); starting it again in {d} s",
+                       n=worker.number, reason=reason.getErrorMessage(),
+                       d=RESTART_DELAY)
+        self.reactor.callLater(RESTART_DELAY, self._respawn, worker.number)
+
+    def _respawn(self, number):
+        if not self.stopping and number not in self.workers:
+            self.spawn(number)
+
+    def _signal_all(self, signum):
+        for worker in list(self.workers.values()):
+            try:
+                worker.transport.signalProcess(signum)
+            except Exception:
+                pass  # already gone
+
+    def _hangup(self, signum, frame):
+        # the workers reopen their own access logs; the parent's HTTP
+        # service reopens its own through its own handler
+        self.reactor.callFromThread(self._signal_all, "HUP")
+        self.reactor.callFromThread(self.http.site.reopen_log)
+
+    async def _stop(self):
+        self.stopping = True
+        ended = DeferredList([w.ended for w in self.workers.values()])
+        self._signal_all("TERM")
+        timer = self.reactor.callLater(STOP_SECONDS, self._signal_all, "KILL")
+        await ended
+        if timer.active():
+            timer.cancel()
+
+    def stopService(self):
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
