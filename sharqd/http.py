@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, succeed
@@ -41,9 +42,29 @@ class SharqRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def getRequestHostname(self):
+        # a unix socket has no host name to fall back on without a Host header
+        if self.getHeader(b"host") is None and not hasattr(self.getHost(), "host"):
+            return b"localhost"
+        return super().getRequestHostname()
+
     def requestReceived(self, command, path, version):
         if not self._too_large:
             super().requestReceived(command, path, version)
+
+    def process(self):
+        # Klein would answer a non-UTF-8 path with plain text; keep it JSON
+        if b"%" in self.path:
+            try:
+                unquote_to_bytes(self.path).decode("utf-8")
+            except UnicodeDecodeError:
+                self.setResponseCode(400)
+                self.setHeader(b"content-type", b"application/json")
+                self.write(b'{"status": "failure", "message": '
+                           b'"The URL path is not valid UTF-8."}')
+                self.finish()
+                return
+        super().process()
 
     def _refuse(self, size, limit):
         """Answer 413 and hang up without reading the rest of the body."""

@@ -7,7 +7,8 @@ from itertools import count
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import fail
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.logger import Logger
 
 from sharqd.errors import RedisUnavailable
@@ -18,14 +19,33 @@ _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN",
               "CLUSTERDOWN", "NOAUTH", "MISCONF")
 
 
+class _PoolFactory(txredisapi.RedisFactory):
+    """txredisapi's pool, telling the service when a connection is ready."""
+
+    def __init__(self, service, **kwargs):
+        super().__init__(**kwargs)
+        self.service = service
+
+    def addConnection(self, conn):
+        super().addConnection(conn)
+        self.service._connection_ready()
+
+
 class RedisService(Service):
     log = Logger()
 
-    def __init__(self, config, poolsize=4):
+    def __init__(self, config, poolsize=4, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
         self.config = config
         self.poolsize = poolsize
+        self.reactor = reactor
         self.factory = None
         self._turn = count()
+        self._waiting = []
+        # how long a command waits for a connection (startup, reconnect);
+        # with the reply timeout the whole wait stays within timeout + 1 s
+        self.connect_wait = min(1.0, config.timeout / 2)
 
     def describe(self):
         c = self.config
@@ -36,19 +56,19 @@ class RedisService(Service):
     def startService(self):
         super().startService()
         c = self.config
-        options = dict(dbid=c.db, poolsize=self.poolsize, reconnect=True,
-                       charset=None, password=c.password or None,
-                       connectTimeout=c.timeout, replyTimeout=c.timeout,
-                       convertNumbers=False)
-        if c.conn_type == "unix_sock":
-            handler = txredisapi.lazyUnixConnectionPool(c.unix_socket_path, **options)
-        else:
-            handler = txredisapi.lazyConnectionPool(c.host, c.port, **options)
-        self.factory = handler._factory
+        self.factory = _PoolFactory(
+            self, uuid=self.describe(), dbid=c.db, poolsize=self.poolsize, isLazy=True,
+            charset=None, password=c.password or None, replyTimeout=c.timeout,
+            convertNumbers=False)
         # the default backoff reaches 10 s; a queue server should be back
         # within a second or two of Redis
         self.factory.maxDelay = 1
         self.factory.initialDelay = 0.2
+        if c.conn_type == "unix_sock":
+            endpoint = UNIXClientEndpoint(self.reactor, c.unix_socket_path, timeout=c.timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, c.host, c.port, timeout=c.timeout)
+        self.factory.startConnecting(endpoint)
         self.log.info("Connecting to Redis at {where}", where=self.describe())
 
     def stopService(self):
@@ -60,9 +80,25 @@ class RedisService(Service):
     def execute(self, *command):
         """Send one command on a live connection; Deferred of the reply."""
         connection = self._pick()
-        if connection is None:
-            return fail(RedisUnavailable(
-                f"Redis at {self.describe()} is not reachable; try again shortly."))
+        if connection is not None:
+            return self._send(connection, command)
+        if self.factory is None:
+            return fail(RedisUnavailable("sharqd is stopping."))
+        waiter = Deferred(self._waiting.remove)
+        self._waiting.append(waiter)
+        waiter.addTimeout(self.connect_wait, self.reactor, self._not_reachable)
+        return waiter.addCallback(lambda _: self.execute(*command))
+
+    def _not_reachable(self, *_):
+        raise RedisUnavailable(
+            f"Redis at {self.describe()} is not reachable; try again shortly.")
+
+    def _connection_ready(self):
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(None)
+
+    def _send(self, connection, command):
         try:
             d = connection.execute_command(*command)
         except txredisapi.ConnectionError:

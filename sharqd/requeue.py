@@ -23,9 +23,9 @@ class RequeueService(Service):
         self.clock = clock
         self.batch = batch
         self.token = os.urandom(16).hex().encode()
-        # long enough to outlive a slow pass, short enough that a crashed
-        # holder is replaced quickly
-        self.lock_ttl_ms = max(10000, 3 * interval_ms)
+        # the holder renews the lock every pass and between batches, so a
+        # few intervals are enough; a crashed holder is replaced that fast
+        self.lock_ttl_ms = max(1000, 3 * interval_ms)
         self._loop = None
         self._running = None
 

@@ -4,10 +4,14 @@ RedisService for a test.  No fake Redis anywhere.
 """
 
 import atexit
+import http.client
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -131,3 +135,86 @@ async def make_queue(testcase, unix=False, expire_ms=1000):
     service = await connected_service(testcase, shared_redis().section(unix=unix))
     clock = FakeClock()
     return Queue(service.execute, unique_prefix(), expire_ms, clock=clock), clock
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Sharqd:
+    """`twistd -n sharq -c FILE` as a subprocess, on the tree under test."""
+
+    def __init__(self, tmpdir, redis, extra_server="", extra_sharq="", extra_redis="",
+                 unix=False):
+        self.port = free_port()
+        self.tmpdir = tmpdir
+        self.config_path = os.path.join(tmpdir, f"sharq-{self.port}.conf")
+        self.log_path = os.path.join(tmpdir, f"sharqd-{self.port}.log")
+        if unix:
+            where = f"conn_type : unix_sock\nunix_socket_path : {redis.unix_socket}\n"
+        else:
+            where = f"host : 127.0.0.1\nport : {redis.port}\n"
+        with open(self.config_path, "w") as f:
+            f.write(f"[sharq]\njob_expire_interval : 500\njob_requeue_interval : 100\n"
+                    f"{extra_sharq}\n"
+                    f"[sharq-server]\nhost : 127.0.0.1\nport : {self.port}\n{extra_server}\n"
+                    f"[redis]\n{where}timeout : 1\nkey_prefix : {unique_prefix()}\n"
+                    f"{extra_redis}\n")
+        self.process = None
+
+    def command(self):
+        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "sharq", "-c", self.config_path]
+
+    def start(self, wait=True):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(), stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=self.tmpdir)
+        if wait:
+            self.wait_listening()
+        return self
+
+    def wait_listening(self, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("sharqd exited:\n" + self.read_log())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sharqd did not listen:\n" + self.read_log())
+
+    def read_log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def request(self, method, path, body=None, timeout=10):
+        """(status, decoded JSON body, seconds taken)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = None if body is None else (body if isinstance(body, bytes)
+                                          else json.dumps(body).encode())
+        started = time.monotonic()
+        try:
+            conn.request(method, path, body=data)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        return response.status, json.loads(raw), time.monotonic() - started
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.log.close()
+            self.process = None
+        return code
