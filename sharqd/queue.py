@@ -32,6 +32,28 @@ class Counts:
     dequeued: list
 
 
+def _enqueued(reply, queue_type, queue_id, job_id):
+    if reply[0] == 409:
+        raise Conflict(f"Job `{job_id}` is already pending or active in queue "
+                       f"`{queue_type}/{queue_id}`.")
+    if reply[0] == 429:
+        raise QueueFull(current_queue_length=reply[1])
+    return reply[1]
+
+
+def _dequeued(reply):
+    if reply is None:
+        return None
+    queue_id, job_id, payload, budget, left = reply
+    return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left)
+
+
+def _finished(reply, queue_type, queue_id, job_id):
+    if not reply:
+        raise NotFound(f"Job `{job_id}` is not active in queue "
+                       f"`{queue_type}/{queue_id}`.")
+
+
 class Queue:
     def __init__(self, execute, key_prefix="sharq_server", job_expire_interval=1000,
                  clock=None):
@@ -51,32 +73,25 @@ class Queue:
         head = (f"{self.prefix}:{{{queue_type}}}", self.prefix, queue_type, now)
         return SCRIPTS[name](self.execute, (), head + args)
 
-    async def enqueue(self, queue_type, queue_id, job_id, interval, payload,
-                      requeue_limit, max_queued_length=None):
-        """Store a job; returns the queue's pending length after it."""
+    # enqueue, dequeue and finish are the hot path: plain Deferred callbacks,
+    # which cost less than coroutines
+
+    def enqueue(self, queue_type, queue_id, job_id, interval, payload,
+                requeue_limit, max_queued_length=None):
+        """Store a job; Deferred of the queue's pending length after it."""
         limit = b"" if max_queued_length is None else max_queued_length
-        reply = await self._run("enqueue", queue_type, queue_id, job_id, interval,
-                                payload, requeue_limit, limit)
-        if reply[0] == 409:
-            raise Conflict(f"Job `{job_id}` is already pending or active in queue "
-                           f"`{queue_type}/{queue_id}`.")
-        if reply[0] == 429:
-            raise QueueFull(current_queue_length=reply[1])
-        return reply[1]
+        d = self._run("enqueue", queue_type, queue_id, job_id, interval,
+                      payload, requeue_limit, limit)
+        return d.addCallback(_enqueued, queue_type, queue_id, job_id)
 
-    async def dequeue(self, queue_type, lease=None):
-        """The next ready job of the type, or None."""
-        reply = await self._run("dequeue", queue_type,
-                                lease or self.job_expire_interval)
-        if reply is None:
-            return None
-        queue_id, job_id, payload, budget, left = reply
-        return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left)
+    def dequeue(self, queue_type, lease=None):
+        """Deferred of the next ready job of the type, or of None."""
+        d = self._run("dequeue", queue_type, lease or self.job_expire_interval)
+        return d.addCallback(_dequeued)
 
-    async def finish(self, queue_type, queue_id, job_id):
-        if not await self._run("finish", queue_type, queue_id, job_id):
-            raise NotFound(f"Job `{job_id}` is not active in queue "
-                           f"`{queue_type}/{queue_id}`.")
+    def finish(self, queue_type, queue_id, job_id):
+        d = self._run("finish", queue_type, queue_id, job_id)
+        return d.addCallback(_finished, queue_type, queue_id, job_id)
 
     async def set_interval(self, queue_type, queue_id, interval):
         if not await self._run("interval", queue_type, queue_id, interval):

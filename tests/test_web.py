@@ -7,6 +7,7 @@ Redis in test_queue.py and test_e2e.py).
 import json
 
 from treq.testing import StubTreq
+from twisted.internet.defer import fail, succeed
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull, RedisUnavailable
@@ -29,16 +30,22 @@ class RecordingQueue:
         if self.raises is not None:
             raise self.raises
 
-    async def enqueue(self, *args):
-        self._record("enqueue", *args)
-        return 3
+    # like the real Queue, the hot-path operations return Deferreds
+    def _deferred(self, name, result, *args):
+        try:
+            self._record(name, *args)
+        except Exception as e:
+            return fail(e)
+        return succeed(result)
 
-    async def dequeue(self, queue_type, lease=None):
-        self._record("dequeue", queue_type)
-        return self.job
+    def enqueue(self, *args):
+        return self._deferred("enqueue", 3, *args)
 
-    async def finish(self, *args):
-        self._record("finish", *args)
+    def dequeue(self, queue_type, lease=None):
+        return self._deferred("dequeue", self.job, queue_type)
+
+    def finish(self, *args):
+        return self._deferred("finish", None, *args)
 
     async def set_interval(self, *args):
         self._record("set_interval", *args)
@@ -187,6 +194,21 @@ class RoutesTests(TestCase):
                               "`queue_type` has an invalid value.")
         self.assertFailure400(await self.call("POST", "/enqueue/sms/u%201/", raw=b"{bad"),
                               "`queue_id` has an invalid value.")
+
+    async def test_hot_path_and_klein_answer_alike(self):
+        """When a hot route is reached with a percent escape (served by Klein's
+        routing) or plainly (served by the fast dispatch), the answers match."""
+        body = {"job_id": "j1", "interval": 0, "payload": {}}
+        self.assertEqual(await self.call("POST", "/enqueue/sms/u1/", body),
+                         await self.call("POST", "/enqueue/sms/u%31/", body))
+        self.assertEqual(self.queue.calls[0], self.queue.calls[1])
+        self.queue.raises = Conflict("dup")
+        self.assertEqual(await self.call("POST", "/finish/sms/u1/j1/"),
+                         await self.call("POST", "/finish/sms/u%31/j1/"))
+        self.assertEqual(await self.call("GET", "/dequeue/s.ms/"),
+                         await self.call("GET", "/dequeue/s%2Ems/"))
+        self.assertEqual((await self.call("GET", "/enqueue/sms/u1/"))[0], 405)
+        self.assertEqual((await self.call("POST", "/enqueue//u1/", body))[0], 404)
 
     # ---- dequeue
 
