@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
@@ -82,8 +83,21 @@ class SharqRequest(Request):
         self.channel.loseConnection()
 
 
+class SharqChannel(HTTPChannel):
+    """An HTTP/1.1 connection that asks the kernel for its local address once,
+    not on every request (a getsockname call and an address object each)."""
+
+    _host = None
+
+    def getHost(self):
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+
 class SharqSite(Site):
     requestFactory = SharqRequest
+    protocol = SharqChannel  # plain HTTP/1.1: sharqd does not offer HTTP/2
     noisy = False
 
     def __init__(self, resource, max_request_size, **kwargs):
