@@ -137,7 +137,11 @@ else
 fi
 
 # --- 6. run the service's command as sharqd ----------------------------
-# exactly the unit's ExecStart, as its User=
+# exactly the unit's ExecStart, as its User= (where systemd runs, the
+# package started the unit: stop it to free the port)
+if [ -d /run/systemd/system ]; then
+    systemctl stop sharqd.service || true
+fi
 cd /var/lib/sharqd
 runuser -u sharqd -- "$VENV/bin/twistd" --nodaemon --pidfile= --logfile=- \
     sharq -c "$CONF" >"$WORK/sharqd.log" 2>&1 &
