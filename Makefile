@@ -1,4 +1,4 @@
-.PHONY: run test
+.PHONY: run test deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -7,3 +7,28 @@ run:
 # Set up and run the full test suite (see README).
 test:
 	./scripts/run-tests.sh
+
+# Debian packaging (see README, "Install on Debian").
+
+# The build must use Debian's python3.11 from /usr/bin, never an active
+# virtualenv's or a pyenv shim's python.
+DEB_ENV := env -u VIRTUAL_ENV -u PYTHONPATH -u PYTHONHOME PATH=/usr/sbin:/usr/bin:/sbin:/bin
+
+# Fail unless debian/changelog and sharqd.__version__ carry one version.
+deb-check:
+	@deb=$$(dpkg-parsechangelog -S Version); \
+	py=$$(/usr/bin/python3.11 -c 'import sharqd; print(sharqd.__version__)'); \
+	if [ "$$deb" != "$$py" ]; then \
+	    echo "version mismatch: debian/changelog $$deb, sharqd.__version__ $$py" >&2; \
+	    exit 1; \
+	fi; \
+	echo "version $$deb"
+
+# Build dist/sharqd_VERSION_ARCH.deb (dpkg-buildpackage writes it to ..,
+# this moves it and its .buildinfo/.changes to dist/).
+deb: deb-check
+	$(DEB_ENV) dpkg-buildpackage -us -uc -b
+	mkdir -p dist
+	v=$$(dpkg-parsechangelog -S Version); a=$$(dpkg-architecture -qDEB_HOST_ARCH); \
+	mv ../sharqd_$${v}_$${a}.deb ../sharqd_$${v}_$${a}.buildinfo ../sharqd_$${v}_$${a}.changes dist/
+	@ls -l dist/*.deb
