@@ -15,7 +15,7 @@ waiter depends on a notification that may have been lost.
 from collections import OrderedDict
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -120,7 +120,7 @@ class Waiters(Service):
         head.serving = True
         line.busy = True
         line.again = False
-        d = Deferred.fromCoroutine(
+        d = ensureDeferred(
             self.queue.dequeue_many(line.queue_type, head.count, head.lease))
         d.addBoth(self._attempted, line, head)
 
