@@ -5,7 +5,9 @@ Knows the queue and is told by a notification source (sharqd.notify) when a
 type may have become ready earlier; no HTTP, no Redis connection here.
 
 Per type and process one dequeue attempt runs at a time, always on behalf of
-the oldest waiter (first come, first served).  Between attempts the type's
+the oldest waiters (first come, first served): one script call takes jobs
+for the waiter at the front and those right behind it with the same lease
+(up to MAX_GROUP jobs), and hands them out in order.  Between attempts the type's
 waiters sleep until the earliest ready time the last attempt reported, or a
 notification, whichever comes first.  While the notification source is down,
 and after a failed attempt, they re-check every `fallback` seconds, so no
@@ -21,6 +23,7 @@ from twisted.python.failure import Failure
 
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
+MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
 
 
 class _Waiter:
@@ -116,17 +119,25 @@ class Waiters(Service):
         if not line.waiters:
             self._drop(line)
             return
-        head = next(iter(line.waiters))
-        head.serving = True
+        # the oldest waiter, and the ones right behind it with the same
+        # lease, as far as one script call may take jobs for them
+        group, wanted = [], 0
+        lease = next(iter(line.waiters)).lease
+        for waiter in line.waiters:
+            if waiter.lease != lease or (group and wanted + waiter.count > MAX_GROUP):
+                break
+            group.append(waiter)
+            wanted += waiter.count
+            waiter.serving = True
         line.busy = True
         line.again = False
-        d = ensureDeferred(
-            self.queue.dequeue_many(line.queue_type, head.count, head.lease))
-        d.addBoth(self._attempted, line, head)
+        d = ensureDeferred(self.queue.dequeue_many(line.queue_type, wanted, lease))
+        d.addBoth(self._attempted, line, group, lease)
 
-    def _attempted(self, result, line, head):
+    def _attempted(self, result, line, group, lease):
         line.busy = False
-        head.serving = False
+        for waiter in group:
+            waiter.serving = False
         jobs, next_ms = [], None
         if isinstance(result, Failure):
             if line.error is None:
@@ -138,15 +149,10 @@ class Waiters(Service):
             line.error = None
             jobs, next_ms = result
         if jobs:
-            taker = head if head in line.waiters else self._heir(line, head, jobs)
-            if taker is None:
-                self.log.info("{n} jobs of {queue_type} were taken for a client that "
-                              "hung up; they come back when their lease ends",
-                              n=len(jobs), queue_type=line.queue_type)
-            else:
-                self._answer(line, taker, jobs)
-        if head.expired and head in line.waiters:
-            self._answer(line, head, [])
+            self._hand_out(line, jobs, lease)
+        for waiter in group:
+            if waiter.expired and waiter in line.waiters:
+                self._answer(line, waiter, [])
         if not line.waiters:
             self._drop(line)
         elif jobs or line.again:
@@ -154,19 +160,26 @@ class Waiters(Service):
         else:
             self._sleep(line, next_ms)
 
+    def _hand_out(self, line, jobs, lease):
+        """Jobs to the waiters in order, each up to its count.  Those of a
+        client that hung up meanwhile go to the next in line."""
+        for waiter in list(line.waiters):
+            if not jobs:
+                return
+            if waiter.lease == lease:
+                mine, jobs = jobs[:waiter.count], jobs[waiter.count:]
+                self._answer(line, waiter, mine)
+        if jobs:
+            self.log.info("{n} jobs of {queue_type} were taken for clients that "
+                          "hung up; they come back when their lease ends",
+                          n=len(jobs), queue_type=line.queue_type)
+
     def _sleep(self, line, next_ms):
         delay = None if (self.live and line.error is None) else self.fallback
         if next_ms is not None:
             delay = next_ms / 1000.0 if delay is None else min(delay, next_ms / 1000.0)
         if delay is not None:
             line.timer = self.clock.callLater(max(delay, MIN_SLEEP), self._attempt, line)
-
-    def _heir(self, line, head, jobs):
-        """The waiter that takes jobs dequeued for one that hung up."""
-        for waiter in line.waiters:
-            if waiter.lease == head.lease and waiter.count >= len(jobs):
-                return waiter
-        return None
 
     # ---- waiters leave
 

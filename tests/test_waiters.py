@@ -140,6 +140,21 @@ class WaitersTests(SynchronousTestCase):
         self.queue.answer([], None)
         self.assertEqual(self.queue.pending, 0)
 
+    def test_one_call_serves_the_waiters_in_front(self):
+        """When several waiters with the same lease wait, one dequeue asks for
+        all their counts and hands the jobs out oldest first; a waiter with
+        another lease waits for the next call."""
+        _, first = self.wait(count=2)
+        self.queue.answer([], None)
+        _, second = self.wait()
+        _, third = self.wait()
+        _, other = self.wait(lease=5)
+        self.waiters.notify("sms")
+        self.assertEqual(self.queue.calls[-1][1:3], (4, None))
+        self.queue.answer(["j1", "j2", "j3"])
+        self.assertEqual((first, second, third, other), ([["j1", "j2"]], [["j3"]], [], []))
+        self.assertEqual(self.queue.calls[-1][1:3], (1, None))
+
     def test_one_attempt_at_a_time(self):
         """When notifications arrive while an attempt is in flight, no second
         attempt starts; one more follows when it returns empty."""
