@@ -129,11 +129,14 @@ class Queue:
         """Store jobs (queue_id, job_id, interval, payload, requeue_limit,
         max_queued_length) in one script call.  Returns, per job, None when
         stored, else the error the single enqueue would raise."""
-        args = []
-        for queue_id, job_id, interval, payload, limit, max_length in jobs:
-            args += (queue_id, job_id, interval, payload, limit,
-                     b"" if max_length is None else max_length)
-        reply = await self._run("enqueuebatch", queue_type, len(jobs), *args)
+        # the small fields in one argument, then the payloads: far cheaper
+        # to send than six arguments per job
+        fields = "".join(
+            f"{queue_id} {job_id} {interval} {limit} "
+            f"{'-' if max_length is None else max_length} "
+            for queue_id, job_id, interval, _, limit, max_length in jobs)
+        reply = await self._run("enqueuebatch", queue_type, fields,
+                                *(job[3] for job in jobs))
         results = []
         for i, job in enumerate(jobs):
             code, length = reply[2 * i], reply[2 * i + 1]

@@ -102,6 +102,16 @@ MAX_PAGE = 1000
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
 
+# json.dumps with options builds an encoder per call: a batch reuses one
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_payloads(payloads):
+    """encode_payload of each payload, for a batch."""
+    encode = _PAYLOAD_ENCODER.encode
+    return [encode(payload).encode() for payload in payloads]
+
+
 def query_arg(args, name):
     """The last value of a query argument as text, or None when absent."""
     values = args.get(name.encode())

@@ -225,29 +225,44 @@ class Api:
         validation.identifier("queue_type", queue_type)
         jobs = validation.jobs_field(validation.json_body(request.content.read()))
         results = [None] * len(jobs)
-        valid, where = [], []
+        valid, where, payloads = [], [], []
         for i, job in enumerate(jobs):
             try:
                 validation.batch_job(job)
                 queue_id = validation.queue_id_field(job)
                 job_id, interval, payload, limit, max_length = validation.enqueue_fields(
                     job, self.default_requeue_limit)
+                payloads.append(payload)
             except BadRequest as e:
                 results[i] = _failure(e)
                 continue
-            valid.append((queue_id, job_id, interval,
-                          validation.encode_payload(payload), limit, max_length))
+            valid.append([queue_id, job_id, interval, None, limit, max_length])
             where.append(i)
-        if valid:
-            stored = await self.queue.enqueue_many(queue_type, valid)
-            for i, job, outcome in zip(where, valid, stored):
+        try:
+            encoded = validation.encode_payloads(payloads)
+        except ValueError:  # a lone surrogate cannot be stored as UTF-8
+            encoded = []
+            for k, payload in enumerate(payloads):
+                try:
+                    encoded.append(validation.encode_payload(payload))
+                except ValueError:
+                    encoded.append(None)
+                    results[where[k]] = _failure(validation.invalid("payload"))
+        for job, payload in zip(valid, encoded):
+            job[3] = payload
+        kept = [k for k, job in enumerate(valid) if job[3] is not None]
+        if kept:
+            stored = await self.queue.enqueue_many(queue_type, [valid[k] for k in kept])
+            for k, outcome in zip(kept, stored):
+                i, job = where[k], valid[k]
                 if isinstance(outcome, SharqError):
                     results[i] = _failure(outcome)
                 elif job[5] is None:
                     results[i] = _QUEUED
                 else:  # as the single route: the length the check saw
                     results[i] = {"status": "queued", "current_queue_length": outcome - 1}
-        return answer(request, 201, {"status": "queued", "results": results})
+        return answer(request, 201, b'{"status": "queued", "results": [%s]}' % b", ".join(
+            _QUEUED_JSON if r is _QUEUED else json.dumps(r).encode() for r in results))
 
     @app.route("/finish/<queue_type>/", methods=["POST"])
     async def finish_batch(self, request, queue_type):
@@ -322,6 +337,7 @@ class Api:
 
 DEAD_LETTER_PAGE = 100
 _QUEUED = {"status": "queued"}
+_QUEUED_JSON = b'{"status": "queued"}'
 _SUCCESS = {"status": "success"}
 
 

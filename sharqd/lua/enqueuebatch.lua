@@ -1,31 +1,70 @@
--- ARGV[5] number of jobs n, then n times: queue_id, job_id, interval ms,
--- payload (JSON text), requeue limit, max queued length or "".
+-- ARGV[5] the jobs' fields: per job "queue_id job_id interval requeue_limit
+-- max_queued_length " (space separated, "-" for no max length); ARGV[6..]
+-- their payloads (JSON text), in the same order.  (Few arguments are much
+-- cheaper to send than six per job, and this parses faster than JSON.)
+-- Same outcome as enqueue.lua called for each job in order, with the
+-- per-queue work (interval, ready time, counters) done once per queue.
 -- Returns {code, length} per job, flattened: codes as enqueue.lua.
-local n = tonumber(ARGV[5])
-local reply, counted = {}, {}
+local reply, queues, order = {}, {}, {}
+local i = 0
+for qid, jid, interval, limit, max_length in
+    string.gmatch(ARGV[5], '(%S+) (%S+) (%S+) (%S+) (%S+) ') do
+  i = i + 1
+  local q = queues[qid]
+  if not q then
+    local length = redis.call('LLEN', k_pending(qid))
+    q = {payloads = k_payload(qid), before = length, length = length, seen = {},
+         jids = {}, payload = {}, budget = {}}
+    queues[qid] = q
+    table.insert(order, qid)
+  end
+  local code
+  if q.seen[jid] or redis.call('HEXISTS', q.payloads, jid) == 1 then
+    code = 409
+  elseif max_length ~= '-' and q.length >= tonumber(max_length) then
+    code = 429
+  else
+    code = 201
+    q.seen[jid] = true
+    q.length = q.length + 1
+    q.interval = interval
+    table.insert(q.jids, jid)
+    table.insert(q.payload, jid)
+    table.insert(q.payload, ARGV[5 + i])
+    table.insert(q.budget, jid)
+    table.insert(q.budget, limit)
+  end
+  reply[2 * i - 1] = code
+  reply[2 * i] = (code == 409) and 0 or q.length
+end
+
 local stored = 0
-for i = 0, n - 1 do
-  local a = 6 + i * 6
-  local qid = ARGV[a]
-  local code, length = enqueue_job(qid, ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-                                   ARGV[a + 4], ARGV[a + 5])
-  reply[2 * i + 1], reply[2 * i + 2] = code, length
-  if code == 201 then
-    stored = stored + 1
-    counted[qid] = (counted[qid] or 0) + 1
+local g = GLOBAL .. ':stats:' .. MINUTE
+for _, qid in ipairs(order) do
+  local q = queues[qid]
+  local n = #q.jids
+  if n > 0 then
+    stored = stored + n
+    redis.call('RPUSH', k_pending(qid), unpack(q.jids))
+    redis.call('HSET', q.payloads, unpack(q.payload))
+    redis.call('HSET', k_budget(qid), unpack(q.budget))
+    local meta = k_meta(qid)
+    redis.call('PERSIST', meta)
+    if redis.call('HGET', meta, 'override') ~= '1' then
+      redis.call('HSET', meta, 'interval', q.interval)
+    end
+    if q.before == 0 then redis.call('HSET', meta, 'since', NOW) end
+    set_ready(qid, ready_at(meta))
+    redis.call('SADD', K_QUEUES, qid)
+    local s = BASE .. ':stats:' .. qid .. ':' .. MINUTE
+    redis.call('HINCRBY', s, 'enqueued', n)
+    redis.call('PEXPIRE', s, 660000)
   end
 end
 if stored > 0 then
   redis.call('SADD', K_TYPES, QTYPE)
-  -- the per-minute counters of count(), once per queue
-  local g = GLOBAL .. ':stats:' .. MINUTE
   redis.call('HINCRBY', g, 'enqueued', stored)
   redis.call('PEXPIRE', g, 660000)
-  for qid, c in pairs(counted) do
-    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
-    redis.call('HINCRBY', q, 'enqueued', c)
-    redis.call('PEXPIRE', q, 660000)
-  end
 end
 notify_ready()
 return reply
