@@ -123,16 +123,19 @@ async def run(args, servers):
     base = len(waiters.received)
     jobs = [{"queue_id": f"bq{k}", "job_id": f"b{k}", "interval": 0, "payload": k}
             for k in range(args.clients)]
+    body = json.dumps({"jobs": jobs}).encode()
+    c0 = cpu_seconds(sharqd)
     start = time.time()
-    status, _ = await producer.request("POST", "/enqueue/bench/",
-                                       json.dumps({"jobs": jobs}).encode())
+    status, _ = await producer.request("POST", "/enqueue/bench/", body)
     acked_at = time.time()
     assert status == 201, status
     await waiters.until(base + args.clients)
+    c1 = cpu_seconds(sharqd)
     delays = [t - start for t, *_ in waiters.received[base:]]
     print(f"burst: {args.clients} jobs in one batch to {args.clients} waiting clients: "
           f"batch request -> delivered {ms(delays)} (batch 201 after "
-          f"{(acked_at - start) * 1000:.1f} ms)", flush=True)
+          f"{(acked_at - start) * 1000:.1f} ms; sharqd CPU {c1 - c0:.2f} s for the "
+          f"batch, {args.clients} answers and {args.clients} new waits)", flush=True)
     results["burst"] = delays
 
     # 4. interval

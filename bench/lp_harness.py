@@ -66,7 +66,8 @@ class Servers:
                     f"key_prefix : bench\n")
         self.log = open(os.path.join(self.dir, "sharqd.log"), "wb")
         self.sharqd = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "sharq", "-c", conf], cwd=self.dir,
+            [TWISTD, "-n", "--pidfile=", *os.environ.get("LPBENCH_TWISTD_ARGS", "").split(),
+             "sharq", "-c", conf], cwd=self.dir,
             env=dict(os.environ, PYTHONPATH=ROOT), stdout=self.log,
             stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.sharqd)
