@@ -4,6 +4,7 @@ original SharQ Server's messages.
 """
 
 import json
+import json.encoder
 import re
 
 from sharqd.errors import BadRequest
@@ -102,14 +103,20 @@ MAX_PAGE = 1000
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
 
-# json.dumps with options builds an encoder per call: a batch reuses one
-_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# json.dumps with options builds an encoder per call; a batch reuses the C
+# encoder json.dumps(..., separators=(",", ":"), ensure_ascii=False) would
+# build (no circular check: a parsed JSON value cannot be circular)
+_C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, json.JSONEncoder().default, json.encoder.encode_basestring, None,
+    ":", ",", False, False, True)
 
 
 def encode_payloads(payloads):
     """encode_payload of each payload, for a batch."""
-    encode = _PAYLOAD_ENCODER.encode
-    return [encode(payload).encode() for payload in payloads]
+    if _C_ENCODER is None:
+        return [encode_payload(payload) for payload in payloads]
+    encode = _C_ENCODER
+    return ["".join(encode(payload, 0)).encode() for payload in payloads]
 
 
 def query_arg(args, name):

@@ -270,3 +270,16 @@ class ApiExtensions(TestCase):
                              ("POST", "/finish/s!/")]:
             status, _ = await self.call(method, path, b'{"jobs": [{}]}')
             self.assertEqual(status, 400, path)
+
+
+class PayloadEncoding(TestCase):
+
+    def test_batch_encoding_matches_single(self):
+        """When payloads are encoded for a batch, the bytes are those the
+        single enqueue stores."""
+        from sharqd import validation
+        samples = [{"to": "+1555", "text": "hi"}, "x", 1, 2**70, 1.5, -0.0, 1e300, None,
+                   True, [], {}, {"a": [1, {"b": "héllo \u2028 \"q\" \\ \n \x00 😀"}]},
+                   [1.0000000000000002, 3.14]]
+        self.assertEqual(validation.encode_payloads(samples),
+                         [validation.encode_payload(p) for p in samples])
