@@ -65,7 +65,7 @@ async def run(args, servers):
 
     # 3. batch dequeue
     taken = []
-    t0 = time.perf_counter()
+    cpu0, rcpu0, t0 = cpu_seconds(pid), cpu_seconds(redis), time.perf_counter()
     calls = 0
     while True:
         status, answer = await client.request("GET", "/dequeue/bench/?count=100&lease=600000")
@@ -76,7 +76,9 @@ async def run(args, servers):
     elapsed = time.perf_counter() - t0
     assert len(taken) == total, (len(taken), total)
     print(f"batch dequeue (?count=100): {len(taken)} jobs in {calls} calls: "
-          f"{len(taken) / elapsed:,.0f} jobs/s", flush=True)
+          f"{len(taken) / elapsed:,.0f} jobs/s (CPU per call: sharqd "
+          f"{(cpu_seconds(pid) - cpu0) / calls * 1000:.2f} ms, redis-server "
+          f"{(cpu_seconds(redis) - rcpu0) / calls * 1000:.2f} ms)", flush=True)
 
     # 4. batch finish
     t0 = time.perf_counter()

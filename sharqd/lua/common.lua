@@ -127,9 +127,27 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   return 201, length + 1
 end
 
+-- Add up counts of a kind per queue (tally[qid] = n), then count them
+-- at once with count_tally: what count() does, in fewer calls.
+local function count_tally(kind, tally)
+  local total = 0
+  for qid, n in pairs(tally) do
+    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
+    redis.call('HINCRBY', q, kind, n)
+    redis.call('PEXPIRE', q, 660000)
+    total = total + n
+  end
+  if total > 0 then
+    local g = GLOBAL .. ':stats:' .. MINUTE
+    redis.call('HINCRBY', g, kind, total)
+    redis.call('PEXPIRE', g, 660000)
+  end
+end
+
 -- Take the head job of the earliest ready queue, as dequeue.lua does.
 -- Returns nil, or queue_id, job_id, payload, requeues_remaining, pending left.
-local function take_one(lease)
+-- The dequeue is counted in tally (see count_tally).
+local function take_one(lease, tally)
   for _ = 1, 10 do
     local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW, 'LIMIT', 0, 1)
     if #head == 0 then return nil end
@@ -151,7 +169,7 @@ local function take_one(lease)
       end
       redis.call('SADD', k_active(qid), jid)
       redis.call('ZADD', K_DEADLINES, NOW + lease, qid .. ':' .. jid)
-      count('dequeued', qid)
+      tally[qid] = (tally[qid] or 0) + 1
       local payload = redis.call('HGET', k_payload(qid), jid)
       local budget = redis.call('HGET', k_budget(qid), jid)
       return qid, jid, payload, budget, left

@@ -5,11 +5,14 @@
 -- pending job, then queue_id, job_id, payload, requeues_remaining,
 -- pending length after, per job}
 local lease, wanted = tonumber(ARGV[5]), tonumber(ARGV[6])
-local reply = {0}
+local reply, tally = {0}, {}
 for _ = 1, wanted do
-  local qid, jid, payload, budget, left = take_one(lease)
+  local qid, jid, payload, budget, left = take_one(lease, tally)
   if not qid then break end
-  for _, v in ipairs({qid, jid, payload, budget, left}) do table.insert(reply, v) end
+  local n = #reply
+  reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4], reply[n + 5] =
+    qid, jid, payload, budget, left
 end
+count_tally('dequeued', tally)
 reply[1] = next_ready_in()
 return reply
