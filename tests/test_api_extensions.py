@@ -120,6 +120,27 @@ class ApiExtensions(TestCase):
         self.assertEqual((status, [j["job_id"] for j in body["jobs"]]), (200, ["a"]))
         self.assertLess(time.monotonic() - started, 2)
 
+    async def test_wait_is_answered_when_an_interval_runs_out(self):
+        """When the next job waits for its queue's interval (Redis clock), a
+        waiting client gets it when the interval runs out: not before (R1),
+        not at the end of its wait."""
+        from sharqd.queue import Queue
+        q = Queue(self.q.execute, self.q.prefix)  # the Redis server's clock
+        stub = StubTreq(Api(q, -1, Waiters(q, reactor)).resource())
+        await q.enqueue("sms", "q1", "a", 400, b"1", -1)
+        await q.enqueue("sms", "q1", "b", 400, b"2", -1)
+        self.assertEqual((await q.dequeue("sms")).job_id, "a")
+        started = time.monotonic()
+        self.stub, saved = stub, self.stub
+        try:
+            status, body = await self.call("GET", "/dequeue/sms/?wait=10")
+        finally:
+            self.stub = saved
+        took = time.monotonic() - started
+        self.assertEqual((status, body["job_id"]), (200, "b"))
+        self.assertGreater(took, 0.3)
+        self.assertLess(took, 0.9)  # the re-check without notifications is 1 s
+
     async def test_default_type_waits_too(self):
         """When /dequeue/ (type default) has a wait, it applies."""
         started = time.monotonic()
