@@ -58,6 +58,17 @@ class Subscription(TestCase):
         await self.publish("pfx:{email}:ready")
         await wait_until(lambda: self.recorder.heard == ["email"])
 
+    async def test_unix_socket(self):
+        """When Redis is reached over a unix socket, the subscription works
+        the same."""
+        recorder = Recorder()
+        service = NotifyService(self.redis.section(unix=True), "pfx", recorder)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await wait_until(lambda: recorder.states == [True])
+        await self.publish("pfx:{sms}:ready")
+        await wait_until(lambda: recorder.heard == ["sms"])
+
     async def test_silent_redis_is_noticed_by_the_keepalive(self):
         """When Redis stops answering without closing the connection, the
         keep-alive PING notices and the subscription is reported down."""
