@@ -60,6 +60,7 @@ class Waiters(Service):
         self.clock = clock
         self.fallback = fallback
         self.live = False  # the notification source is subscribed
+        self.stopped = False  # sharqd is stopping: nobody waits any more
         self._lines = {}
 
     def waiting(self, queue_type=None):
@@ -77,6 +78,8 @@ class Waiters(Service):
         [] when none was in timeout seconds (or a failure, when the last
         attempt to dequeue failed).  Cancel it when the client is gone.
         """
+        if self.stopped:  # a dequeue without wait, as sharqd stops
+            return ensureDeferred(self._once(queue_type, count, lease))
         line = self._lines.get(queue_type)
         if line is None:
             line = self._lines[queue_type] = _Line(queue_type)
@@ -89,6 +92,10 @@ class Waiters(Service):
         if len(line.waiters) == 1 and not line.busy:
             self._attempt(line)
         return waiter.d
+
+    async def _once(self, queue_type, count, lease):
+        jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
+        return jobs
 
     # ---- the notification side
 
@@ -218,6 +225,7 @@ class Waiters(Service):
     def stopService(self):
         """Answer every waiter (404) so the HTTP side can drain at once."""
         super().stopService()
+        self.stopped = True
         for line in list(self._lines.values()):
             for waiter in list(line.waiters):
                 if not waiter.serving:

@@ -241,3 +241,13 @@ class WaitersTests(SynchronousTestCase):
         self.queue.answer([], None)
         self.assertEqual(second, [[]])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_after_stopping_nobody_waits(self):
+        """When sharqd is stopping, a new waiting request gets one plain
+        dequeue attempt and its answer, without waiting."""
+        self.waiters.startService()
+        self.waiters.stopService()
+        _, got = self.wait(timeout=30)
+        self.queue.answer([], None)
+        self.assertEqual(got, [[]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
