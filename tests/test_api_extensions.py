@@ -86,6 +86,17 @@ class ApiExtensions(TestCase):
         self.assertEqual(leased[1]["job_id"], "b")
         self.assertEqual(set(leased[1]), set(plain[1]))
 
+    async def test_unknown_query_arguments_change_nothing(self):
+        """When dequeue has only query arguments it does not know, it answers
+        as the plain route."""
+        await self.put("q1", "a")
+        status, body = await self.call("GET", "/dequeue/sms/?foo=bar")
+        self.assertEqual((status, body), (200, {
+            "status": "success", "queue_id": "q1", "job_id": "a", "payload": {"j": "a"},
+            "requeues_remaining": -1, "current_queue_length": 0}))
+        status, body = await self.call("GET", "/dequeue/sms/?foo=bar")
+        self.assertEqual((status, body["status"]), (404, "failure"))
+
     async def test_dequeue_count_answers_a_list(self):
         """When count is given, up to that many ready jobs come as a list."""
         for job_id in ("a", "b", "c"):
