@@ -94,10 +94,14 @@ class NotifyService(Service):
         self.connection = None
         self._ping = None
 
+    def _reactor(self):
+        if self.reactor is not None:
+            return self.reactor
+        from twisted.internet import reactor
+        return reactor
+
     def _endpoint(self):
-        reactor = self.reactor
-        if reactor is None:
-            from twisted.internet import reactor
+        reactor = self._reactor()
         c = self.config
         if c.conn_type == "unix_sock":
             return endpoints.UNIXClientEndpoint(reactor, c.unix_socket_path,
@@ -109,8 +113,7 @@ class NotifyService(Service):
         self.factory = _Factory(self, channel_pattern(self.prefix), self.config.password)
         self.factory.startConnecting(self._endpoint())
         self._ping = LoopingCall(self._keepalive)
-        if self.reactor is not None:
-            self._ping.clock = self.reactor
+        self._ping.clock = self._reactor()
         self._ping.start(self.keepalive, now=False)
 
     def stopService(self):
@@ -156,10 +159,7 @@ class NotifyService(Service):
             d = connection.execute_command("PING")
         except txredisapi.ConnectionError:
             return
-        timeout = self.reactor
-        if timeout is None:
-            from twisted.internet import reactor as timeout
-        d.addTimeout(self.config.timeout, timeout)
+        d.addTimeout(self.config.timeout, self._reactor())
         d.addErrback(self._no_pong, connection)
 
     def _no_pong(self, failure, connection):
