@@ -21,6 +21,7 @@ class SharqSection:
     job_expire_interval: int = 1000
     job_requeue_interval: int = 1000
     default_job_requeue_limit: int = -1
+    dead_letter_limit: int = 10000
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ _SHARQ_KEYS = {
     "job_expire_interval": _MS,
     "job_requeue_interval": _MS,
     "default_job_requeue_limit": _int_between(-1, 10**9),
+    "dead_letter_limit": _int_between(0, 10**7),
 }
 _SERVER_KEYS = {
     "host": _text,

@@ -10,7 +10,8 @@ from sharqd.scripts import Script
 
 SCRIPTS = {name: Script.load(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
-    "metrics")}
+    "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
+    "deadletters")}
 LOCK = Script.load("lock", shared=False)
 
 
@@ -30,6 +31,7 @@ class Counts:
     minutes: list
     enqueued: list
     dequeued: list
+    dead: list = ()  # jobs moved to the dead letters
 
 
 def _enqueued(reply, queue_type, queue_id, job_id):
@@ -56,7 +58,7 @@ def _finished(reply, queue_type, queue_id, job_id):
 
 class Queue:
     def __init__(self, execute, key_prefix="sharq_server", job_expire_interval=1000,
-                 clock=None):
+                 clock=None, dead_letter_limit=10000):
         """
         execute(*command) -> Deferred sends one Redis command.  clock, when
         given, is a callable returning epoch seconds used instead of the
@@ -67,6 +69,7 @@ class Queue:
         self.prefix = key_prefix
         self.job_expire_interval = job_expire_interval
         self.clock = clock
+        self.dead_letter_limit = dead_letter_limit
 
     def _run(self, name, queue_type, *args):
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
@@ -104,23 +107,24 @@ class Queue:
 
     async def requeue(self, queue_type, batch):
         """Put back up to batch expired jobs; returns (requeued, discarded, seen)."""
-        return tuple(await self._run("requeue", queue_type, batch))
+        return tuple(await self._run("requeue", queue_type, batch,
+                                     self.dead_letter_limit))
 
     async def queue_types(self):
         return sorted(t.decode() for t in await self.execute(
             b"SMEMBERS", f"{self.prefix}:types"))
 
     async def global_metrics(self):
-        types, minutes, enq, deq = await self._run("metrics", "", b"global")
-        return sorted(t.decode() for t in types), Counts(minutes, enq, deq)
+        types, minutes, enq, deq, dead = await self._run("metrics", "", b"global")
+        return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead)
 
     async def queue_ids(self, queue_type):
         return sorted(q.decode() for q in await self._run("metrics", queue_type, b"type"))
 
     async def queue_metrics(self, queue_type, queue_id):
-        length, minutes, enq, deq = await self._run(
+        length, minutes, enq, deq, dead = await self._run(
             "metrics", queue_type, b"queue", queue_id)
-        return length, Counts(minutes, enq, deq)
+        return length, Counts(minutes, enq, deq, dead)
 
     async def ping(self):
         return await self.execute(b"PING")
@@ -133,3 +137,88 @@ class Queue:
     async def unlock(self, token):
         return bool(await LOCK(self.execute, (f"{self.prefix}:requeue_lock",),
                                (b"release", token, 0)))
+
+    # ---- batches, long-poll support, leases, dead letters
+
+    async def enqueue_many(self, queue_type, jobs):
+        """Store jobs (queue_id, job_id, interval, payload, requeue_limit,
+        max_queued_length) in one script call.  Returns, per job, None when
+        stored, else the error the single enqueue would raise."""
+        # the small fields in one argument, then the payloads: far cheaper
+        # to send than six arguments per job
+        fields = "".join(
+            f"{queue_id} {job_id} {interval} {limit} "
+            f"{'-' if max_length is None else max_length} "
+            for queue_id, job_id, interval, _, limit, max_length in jobs)
+        reply = await self._run("enqueuebatch", queue_type, fields,
+                                *(job[3] for job in jobs))
+        results = []
+        for i, job in enumerate(jobs):
+            code, length = reply[2 * i], reply[2 * i + 1]
+            if code == 201:
+                results.append(length)
+            elif code == 409:
+                results.append(Conflict(
+                    f"Job `{job[1]}` is already pending or active in queue "
+                    f"`{queue_type}/{job[0]}`."))
+            else:
+                results.append(QueueFull(current_queue_length=length))
+        return results
+
+    async def dequeue_many(self, queue_type, count, lease=None):
+        """Up to count ready jobs of the type, and the milliseconds until
+        the type's next ready time (None when nothing is pending)."""
+        reply = await self._run("dequeuebatch", queue_type,
+                                lease or self.job_expire_interval, count)
+        jobs = [Job(reply[i].decode(), reply[i + 1].decode(), reply[i + 2],
+                    int(reply[i + 3]), reply[i + 4])
+                for i in range(1, len(reply), 5)]
+        next_ms = int(reply[0])
+        return jobs, (None if next_ms < 0 else next_ms)
+
+    async def finish_many(self, queue_type, jobs):
+        """Finish (queue_id, job_id) pairs; per pair None or NotFound."""
+        args = [part for pair in jobs for part in pair]
+        reply = await self._run("finishbatch", queue_type, len(jobs), *args)
+        return [None if done else NotFound(
+            f"Job `{job_id}` is not active in queue `{queue_type}/{queue_id}`.")
+            for done, (queue_id, job_id) in zip(reply, jobs)]
+
+    async def touch(self, queue_type, queue_id, job_id, lease=None):
+        """Move an active job's deadline to now + lease; returns the deadline
+        (epoch ms)."""
+        deadline = await self._run("touch", queue_type, queue_id, job_id,
+                                   lease or self.job_expire_interval)
+        if not deadline:
+            raise NotFound(f"Job `{job_id}` is not active in queue "
+                           f"`{queue_type}/{queue_id}`.")
+        return int(deadline)
+
+    async def dead_letters(self, queue_type, offset=0, limit=100):
+        """(total, [entry JSON bytes, ...]) newest first."""
+        reply = await self._run("deadletters", queue_type, b"list", offset, limit)
+        return int(reply[0]), list(reply[1:])
+
+    async def dead_letter_length(self, queue_type):
+        return int(await self.execute(
+            b"ZCARD", f"{self.prefix}:{{{queue_type}}}:dead"))
+
+    async def retry_dead_letter(self, queue_type, queue_id, job_id):
+        """Put a dead letter back into its queue; returns the pending length."""
+        reply = await self._run("deadletters", queue_type, b"retry", queue_id, job_id)
+        if reply[0] == 404:
+            raise NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
+                           f"is not a dead letter.")
+        if reply[0] == 409:
+            raise Conflict(f"Job `{job_id}` is already pending or active in queue "
+                           f"`{queue_type}/{queue_id}`.")
+        return reply[1]
+
+    async def delete_dead_letter(self, queue_type, queue_id, job_id):
+        if not await self._run("deadletters", queue_type, b"delete", queue_id, job_id):
+            raise NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
+                           f"is not a dead letter.")
+
+    async def purge_dead_letters(self, queue_type):
+        """Delete every dead letter of the type; returns how many."""
+        return int(await self._run("deadletters", queue_type, b"purge"))

@@ -77,8 +77,9 @@ class RequeueService(Service):
                 requeued, discarded, seen = await self.queue.requeue(queue_type, self.batch)
                 total += seen
                 if discarded:
-                    self.log.info("Discarded {n} jobs of {queue_type} whose requeue "
-                                  "limit was spent", n=discarded, queue_type=queue_type)
+                    self.log.info("Moved {n} jobs of {queue_type} whose requeue "
+                                  "limit was spent to the dead letters",
+                                  n=discarded, queue_type=queue_type)
                 if seen < self.batch:
                     break
                 await self.queue.lock(self.token, self.lock_ttl_ms)

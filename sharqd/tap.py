@@ -14,9 +14,11 @@ from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.http import AdoptedPortService, HTTPService, SharqSite
+from sharqd.notify import NotifyService
 from sharqd.queue import Queue
 from sharqd.redis import RedisService
 from sharqd.requeue import RequeueService
+from sharqd.waiters import Waiters
 from sharqd.web import Api
 from sharqd.workers import WorkerPool
 
@@ -97,10 +99,14 @@ def makeService(options, reactor=None):
     top = SharqService()
     redis = RedisService(config.redis)
     redis.setServiceParent(top)
-    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval)
+    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
+                  dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
+    waiters = Waiters(queue, reactor)
+    NotifyService(config.redis, config.redis.key_prefix, waiters,
+                  reactor=reactor).setServiceParent(top)
 
-    api = Api(queue, config.sharq.default_job_requeue_limit)
+    api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
     site = SharqSite(api.resource(), config.server.max_request_size,
                      logPath=open_access_log(config), reactor=reactor)
     where = listen_description(config.server)

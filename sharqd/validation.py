@@ -4,6 +4,7 @@ original SharQ Server's messages.
 """
 
 import json
+import json.encoder
 import re
 
 from sharqd.errors import BadRequest
@@ -94,3 +95,101 @@ def purge_all_field(body):
     if not isinstance(purge_all, bool):
         raise invalid("purge_all")
     return purge_all
+
+
+# ---- query arguments and batches of the API extensions
+
+MAX_WAIT_SECONDS = 60
+MAX_COUNT = 100
+MAX_LEASE = 86_400_000
+MAX_BATCH = 1000
+MAX_PAGE = 1000
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+# json.dumps with options builds an encoder per call; a batch reuses the C
+# encoder json.dumps(..., separators=(",", ":"), ensure_ascii=False) would
+# build (no circular check: a parsed JSON value cannot be circular)
+_C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, json.JSONEncoder().default, json.encoder.encode_basestring, None,
+    ":", ",", False, False, True)
+
+
+def encode_payloads(payloads):
+    """encode_payload of each payload, for a batch."""
+    if _C_ENCODER is None:
+        return [encode_payload(payload) for payload in payloads]
+    encode = _C_ENCODER
+    return ["".join(encode(payload, 0)).encode() for payload in payloads]
+
+
+def query_arg(args, name):
+    """The last value of a query argument as text, or None when absent."""
+    values = args.get(name.encode())
+    if not values:
+        return None
+    return values[-1].decode("latin-1")
+
+
+def _whole(name, text, low, high):
+    if text is None or not _DIGITS.fullmatch(text):
+        raise invalid(name)
+    return integer(name, int(text), low, high)
+
+
+def wait_arg(text):
+    """Seconds to wait: 0 < S <= 60, may be fractional."""
+    try:
+        seconds = float(text)
+    except (TypeError, ValueError):
+        raise invalid("wait")
+    if not 0 < seconds <= MAX_WAIT_SECONDS:  # NaN fails too
+        raise invalid("wait")
+    return seconds
+
+
+def count_arg(text):
+    return _whole("count", text, 1, MAX_COUNT)
+
+
+def lease_arg(text):
+    return _whole("lease", text, 1, MAX_LEASE)
+
+
+def offset_arg(text):
+    return _whole("offset", text, 0, 10**9)
+
+
+def limit_arg(text):
+    return _whole("limit", text, 1, MAX_PAGE)
+
+
+def lease_field(body):
+    """The optional `lease` of a touch body, or None."""
+    if "lease" not in body:
+        return None
+    return integer("lease", body["lease"], 1, MAX_LEASE)
+
+
+def jobs_field(body):
+    """The `jobs` list of a batch: 1 to MAX_BATCH entries."""
+    if "jobs" not in body:
+        raise missing("jobs")
+    jobs = body["jobs"]
+    if not isinstance(jobs, list) or not 1 <= len(jobs) <= MAX_BATCH:
+        raise BadRequest(f"`jobs` has an invalid value: give a list of 1 to "
+                         f"{MAX_BATCH} jobs.")
+    return jobs
+
+
+def batch_job(job):
+    """A job object of a batch must be a JSON object."""
+    if not isinstance(job, dict):
+        raise BadRequest("A job must be a JSON object.")
+    return job
+
+
+def queue_id_field(job):
+    if "queue_id" not in job:
+        raise missing("queue_id")
+    return identifier("queue_id", job["queue_id"])

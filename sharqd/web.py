@@ -6,7 +6,7 @@ answer JSON.  No Redis here.
 import json
 
 from klein import Klein
-from twisted.internet.defer import fail
+from twisted.internet.defer import ensureDeferred, fail
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -14,7 +14,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from sharqd import validation
-from sharqd.errors import SharqError
+from sharqd.errors import BadRequest, SharqError
+from sharqd.waiters import Waiters
 
 JSON = b"application/json"
 DEFAULT_TYPE = "default"
@@ -53,13 +54,24 @@ def _job(job, request, queue_type):
                       job.requeues_remaining, job.current_queue_length))
 
 
+def _dead_counts(counts):
+    return {str(m): n for m, n in zip(counts.minutes, counts.dead)}
+
+
 class Api:
     app = Klein()
+    # "//" in a path is an empty identifier, not a slash to merge (werkzeug's
+    # merging would redirect such a path to itself)
+    app.url_map.merge_slashes = False
     log = Logger()
 
-    def __init__(self, queue, default_requeue_limit=-1):
+    def __init__(self, queue, default_requeue_limit=-1, waiters=None):
         self.queue = queue
         self.default_requeue_limit = default_requeue_limit
+        if waiters is None:  # no notifications: long-poll re-checks every second
+            from twisted.internet import reactor
+            waiters = Waiters(queue, reactor)
+        self.waiters = waiters
 
     def resource(self):
         return _HotPath(self, self.app.resource())
@@ -121,6 +133,8 @@ class Api:
     @app.route("/dequeue/<queue_type>/", methods=["GET"])
     def dequeue(self, request, queue_type):
         validation.identifier("queue_type", queue_type)
+        if request.args:  # ?wait= ?count= ?lease=: see dequeue_with_options
+            return ensureDeferred(self.dequeue_with_options(request, queue_type))
         return self.queue.dequeue(queue_type).addCallback(_job, request, queue_type)
 
     @app.route("/finish/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
@@ -145,13 +159,16 @@ class Api:
         enqueued, dequeued = _counts(counts)
         return answer(request, 200, {"status": "success", "queue_types": types,
                                      "enqueue_counts": enqueued,
-                                     "dequeue_counts": dequeued})
+                                     "dequeue_counts": dequeued,
+                                     "dead_letter_counts": _dead_counts(counts)})
 
     @app.route("/metrics/<queue_type>/", methods=["GET"])
     async def type_metrics(self, request, queue_type):
         validation.identifier("queue_type", queue_type)
         ids = await self.queue.queue_ids(queue_type)
-        return answer(request, 200, {"status": "success", "queue_ids": ids})
+        dead = await self.queue.dead_letter_length(queue_type)
+        return answer(request, 200, {"status": "success", "queue_ids": ids,
+                                     "dead_letter_length": dead})
 
     @app.route("/metrics/<queue_type>/<queue_id>/", methods=["GET"])
     async def queue_metrics(self, request, queue_type, queue_id):
@@ -161,7 +178,8 @@ class Api:
         enqueued, dequeued = _counts(counts)
         return answer(request, 200, {"status": "success", "queue_length": length,
                                      "enqueue_counts": enqueued,
-                                     "dequeue_counts": dequeued})
+                                     "dequeue_counts": dequeued,
+                                     "dead_letter_counts": _dead_counts(counts)})
 
     @app.route("/deletequeue/<queue_type>/<queue_id>/", methods=["DELETE"])
     async def delete_queue(self, request, queue_type, queue_id):
@@ -176,6 +194,168 @@ class Api:
     async def deepstatus(self, request):
         await self.queue.ping()
         return answer(request, 200, {"status": "success"})
+
+    # ---- API extensions: long-poll, batches, leases, dead letters
+    # (docs/api-extensions.md)
+
+    async def dequeue_with_options(self, request, queue_type):
+        """GET /dequeue/<queue_type>/?wait=S&count=N&lease=MS"""
+        args = request.args
+        wait = validation.query_arg(args, "wait")
+        count = validation.query_arg(args, "count")
+        lease = validation.query_arg(args, "lease")
+        wait = None if wait is None else validation.wait_arg(wait)
+        many = count is not None
+        count = validation.count_arg(count) if many else 1
+        lease = None if lease is None else validation.lease_arg(lease)
+        if wait is None:
+            jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
+        else:
+            waiting = self.waiters.wait(queue_type, count, lease, wait)
+            # the client hanging up ends the wait (Klein cancels too)
+            request.notifyFinish().addErrback(lambda _: waiting.cancel())
+            jobs = await waiting
+        if not jobs:
+            return answer(request, 404, {
+                "status": "failure",
+                "message": f"No job of type `{queue_type}` is ready."})
+        if not many:
+            job = jobs[0]
+            return answer(request, 200, b'{"status": "success", "queue_id": "%s", '
+                          b'"job_id": "%s", "payload": %s, "requeues_remaining": %d, '
+                          b'"current_queue_length": %d}' % (
+                              job.queue_id.encode(), job.job_id.encode(), job.payload,
+                              job.requeues_remaining, job.current_queue_length))
+        return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
+            b'{"queue_id": "%s", "job_id": "%s", "payload": %s, '
+            b'"requeues_remaining": %d}' % (
+                job.queue_id.encode(), job.job_id.encode(), job.payload,
+                job.requeues_remaining) for job in jobs))
+
+    @app.route("/enqueue/<queue_type>/", methods=["POST"])
+    async def enqueue_batch(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        jobs = validation.jobs_field(validation.json_body(request.content.read()))
+        results = [None] * len(jobs)
+        valid, where, payloads = [], [], []
+        for i, job in enumerate(jobs):
+            try:
+                validation.batch_job(job)
+                queue_id = validation.queue_id_field(job)
+                job_id, interval, payload, limit, max_length = validation.enqueue_fields(
+                    job, self.default_requeue_limit)
+                payloads.append(payload)
+            except BadRequest as e:
+                results[i] = _failure(e)
+                continue
+            valid.append([queue_id, job_id, interval, None, limit, max_length])
+            where.append(i)
+        try:
+            encoded = validation.encode_payloads(payloads)
+        except ValueError:  # a lone surrogate cannot be stored as UTF-8
+            encoded = []
+            for k, payload in enumerate(payloads):
+                try:
+                    encoded.append(validation.encode_payload(payload))
+                except ValueError:
+                    encoded.append(None)
+                    results[where[k]] = _failure(validation.invalid("payload"))
+        for job, payload in zip(valid, encoded):
+            job[3] = payload
+        kept = [k for k, job in enumerate(valid) if job[3] is not None]
+        if kept:
+            stored = await self.queue.enqueue_many(queue_type, [valid[k] for k in kept])
+            for k, outcome in zip(kept, stored):
+                i, job = where[k], valid[k]
+                if isinstance(outcome, SharqError):
+                    results[i] = _failure(outcome)
+                elif job[5] is None:
+                    results[i] = _QUEUED
+                else:  # as the single route: the length the check saw
+                    results[i] = {"status": "queued", "current_queue_length": outcome - 1}
+        return answer(request, 201, b'{"status": "queued", "results": [%s]}' % b", ".join(
+            _QUEUED_JSON if r is _QUEUED else json.dumps(r).encode() for r in results))
+
+    @app.route("/finish/<queue_type>/", methods=["POST"])
+    async def finish_batch(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        jobs = validation.jobs_field(validation.json_body(request.content.read()))
+        results = [None] * len(jobs)
+        valid, where = [], []
+        for i, job in enumerate(jobs):
+            try:
+                validation.batch_job(job)
+                queue_id = validation.queue_id_field(job)
+                if "job_id" not in job:
+                    raise validation.missing("job_id")
+                job_id = validation.identifier("job_id", job["job_id"])
+            except BadRequest as e:
+                results[i] = _failure(e)
+                continue
+            valid.append((queue_id, job_id))
+            where.append(i)
+        if valid:
+            done = await self.queue.finish_many(queue_type, valid)
+            for i, outcome in zip(where, done):
+                results[i] = _SUCCESS if outcome is None else _failure(outcome)
+        return answer(request, 200, {"status": "success", "results": results})
+
+    @app.route("/touch/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
+    async def touch(self, request, queue_type, queue_id, job_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        validation.identifier("job_id", job_id)
+        lease = validation.lease_field(validation.json_body(request.content.read()))
+        lease = lease or self.queue.job_expire_interval
+        deadline = await self.queue.touch(queue_type, queue_id, job_id, lease)
+        return answer(request, 200, {"status": "success", "lease": lease,
+                                     "deadline": deadline})
+
+    @app.route("/deadletters/<queue_type>/", methods=["GET"])
+    async def dead_letters(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        offset = validation.query_arg(request.args, "offset")
+        limit = validation.query_arg(request.args, "limit")
+        offset = 0 if offset is None else validation.offset_arg(offset)
+        limit = DEAD_LETTER_PAGE if limit is None else validation.limit_arg(limit)
+        total, entries = await self.queue.dead_letters(queue_type, offset, limit)
+        # entries are JSON objects built by requeue.lua: splice them in
+        return answer(request, 200, b'{"status": "success", "total": %d, "offset": %d, '
+                      b'"limit": %d, "dead_letters": [%s]}' % (
+                          total, offset, limit, b", ".join(entries)))
+
+    @app.route("/deadletters/<queue_type>/", methods=["DELETE"])
+    async def purge_dead_letters(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        deleted = await self.queue.purge_dead_letters(queue_type)
+        return answer(request, 200, {"status": "success", "deleted": deleted})
+
+    @app.route("/deadletters/<queue_type>/<queue_id>/<job_id>/", methods=["DELETE"])
+    async def delete_dead_letter(self, request, queue_type, queue_id, job_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        validation.identifier("job_id", job_id)
+        await self.queue.delete_dead_letter(queue_type, queue_id, job_id)
+        return answer(request, 200, {"status": "success", "deleted": 1})
+
+    @app.route("/deadletters/<queue_type>/<queue_id>/<job_id>/retry/", methods=["POST"])
+    async def retry_dead_letter(self, request, queue_type, queue_id, job_id):
+        validation.identifier("queue_type", queue_type)
+        validation.identifier("queue_id", queue_id)
+        validation.identifier("job_id", job_id)
+        await self.queue.retry_dead_letter(queue_type, queue_id, job_id)
+        return answer(request, 201, {"status": "queued"})
+
+
+DEAD_LETTER_PAGE = 100
+_QUEUED = {"status": "queued"}
+_QUEUED_JSON = b'{"status": "queued"}'
+_SUCCESS = {"status": "success"}
+
+
+def _failure(error):
+    """One failed job of a batch: the single route's answer and its code."""
+    return {**error.body(), "code": error.status}
 
 
 class _HotPath(Resource):

@@ -55,15 +55,19 @@ class RecordingQueue:
 
     async def global_metrics(self):
         self._record("global_metrics")
-        return ["sms"], Counts([60000, 120000], [1, 2], [0, 5])
+        return ["sms"], Counts([60000, 120000], [1, 2], [0, 5], [0, 1])
 
     async def queue_ids(self, queue_type):
         self._record("queue_ids", queue_type)
         return ["a", "b"]
 
+    async def dead_letter_length(self, queue_type):
+        self._record("dead_letter_length", queue_type)
+        return 4
+
     async def queue_metrics(self, *args):
         self._record("queue_metrics", *args)
-        return 7, Counts([60000], [4], [3])
+        return 7, Counts([60000], [4], [3], [2])
 
     async def ping(self):
         self._record("ping")
@@ -276,12 +280,14 @@ class RoutesTests(TestCase):
         self.assertEqual(await self.call("GET", "/metrics/"), (200, {
             "status": "success", "queue_types": ["sms"],
             "enqueue_counts": {"60000": 1, "120000": 2},
-            "dequeue_counts": {"60000": 0, "120000": 5}}))
+            "dequeue_counts": {"60000": 0, "120000": 5},
+            "dead_letter_counts": {"60000": 0, "120000": 1}}))
         self.assertEqual(await self.call("GET", "/metrics/sms/"),
-                         (200, {"status": "success", "queue_ids": ["a", "b"]}))
+                         (200, {"status": "success", "queue_ids": ["a", "b"],
+                                "dead_letter_length": 4}))
         self.assertEqual(await self.call("GET", "/metrics/sms/u1/"), (200, {
             "status": "success", "queue_length": 7, "enqueue_counts": {"60000": 4},
-            "dequeue_counts": {"60000": 3}}))
+            "dequeue_counts": {"60000": 3}, "dead_letter_counts": {"60000": 2}}))
         self.assertFailure400(await self.call("GET", "/metrics/s%20/u1/"),
                               "`queue_type` has an invalid value.")
 

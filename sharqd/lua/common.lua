@@ -24,6 +24,7 @@ local function k_active(qid) return BASE .. ':active:' .. qid end    -- set of j
 local function k_payload(qid) return BASE .. ':payload:' .. qid end  -- hash job id -> payload
 local function k_budget(qid) return BASE .. ':budget:' .. qid end    -- hash job id -> requeues left
 local function k_meta(qid) return BASE .. ':meta:' .. qid end        -- hash, see below
+local function k_limit(qid) return BASE .. ':limit:' .. qid end      -- hash job id -> original requeue limit (set at first requeue)
 -- meta fields: interval, override ("1" when set by /interval/), last (last
 -- dequeue), since (when pending became non-empty), hold (earliest next
 -- dequeue kept from a queue that disappeared)
@@ -57,7 +58,7 @@ local function forget_if_empty(qid)
   end
   redis.call('SREM', K_QUEUES, qid)
   if redis.call('SCARD', K_QUEUES) == 0 then redis.call('SREM', K_TYPES, QTYPE) end
-  redis.call('DEL', k_payload(qid), k_budget(qid))
+  redis.call('DEL', k_payload(qid), k_budget(qid), k_limit(qid))
   local meta = k_meta(qid)
   local m = redis.call('HMGET', meta, 'interval', 'last')
   if not m[2] then
@@ -68,4 +69,111 @@ local function forget_if_empty(qid)
   redis.call('HDEL', meta, 'override', 'since')
   redis.call('HSET', meta, 'hold', hold)
   redis.call('PEXPIRE', meta, math.max(hold - NOW, KEEP_LAST_MS))
+end
+
+-- ---- shared by the long-poll, batch, dead-letter and lease scripts
+
+local K_DEAD = BASE .. ':dead'          -- zset "queue_id:job_id" -> sequence (dead letters)
+local K_DEAD_JOBS = BASE .. ':deadjobs' -- hash "queue_id:job_id" -> dead letter entry (JSON)
+local K_DEAD_SEQ = BASE .. ':deadseq'   -- counter ordering the dead letters
+local CHANNEL = BASE .. ':ready'        -- pub/sub channel: the type became ready earlier
+
+-- Set a queue's ready time.  Remembers when this made the type's earliest
+-- ready time earlier, so notify_ready() wakes the long-poll waiters (who
+-- sleep until the earliest ready time they last saw) only when needed.
+local LOWERED = false
+local function set_ready(qid, at)
+  if not LOWERED then
+    local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+    if #head == 0 or at < tonumber(head[2]) then LOWERED = true end
+  end
+  redis.call('ZADD', K_READY, at, qid)
+end
+
+local function notify_ready()
+  if LOWERED then redis.call('PUBLISH', CHANNEL, NOW) end
+end
+
+-- Milliseconds until the type's earliest ready queue is ready, or -1 when
+-- the type has no pending job.
+local function next_ready_in()
+  local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+  if #head == 0 then return -1 end
+  return math.max(0, tonumber(head[2]) - NOW)
+end
+
+-- Store one job as enqueue.lua does.  interval "" keeps the queue's
+-- interval if it has one (a dead letter put back).  Does not count.
+-- Returns 201 | 409 | 429 and the pending length after (before for 429).
+local function enqueue_job(qid, jid, interval, payload, limit, max_length)
+  local payloads = k_payload(qid)
+  if redis.call('HEXISTS', payloads, jid) == 1 then return 409, 0 end
+  local pending = k_pending(qid)
+  local length = redis.call('LLEN', pending)
+  if max_length ~= '' and length >= tonumber(max_length) then return 429, length end
+  redis.call('RPUSH', pending, jid)
+  redis.call('HSET', payloads, jid, payload)
+  redis.call('HSET', k_budget(qid), jid, limit)
+  local meta = k_meta(qid)
+  redis.call('PERSIST', meta)
+  if interval == '' then
+    if not redis.call('HGET', meta, 'interval') then redis.call('HSET', meta, 'interval', 0) end
+  elseif redis.call('HGET', meta, 'override') ~= '1' then
+    redis.call('HSET', meta, 'interval', interval)
+  end
+  if length == 0 then redis.call('HSET', meta, 'since', NOW) end
+  set_ready(qid, ready_at(meta))
+  redis.call('SADD', K_QUEUES, qid)
+  return 201, length + 1
+end
+
+-- Add up counts of a kind per queue (tally[qid] = n), then count them
+-- at once with count_tally: what count() does, in fewer calls.
+local function count_tally(kind, tally)
+  local total = 0
+  for qid, n in pairs(tally) do
+    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
+    redis.call('HINCRBY', q, kind, n)
+    redis.call('PEXPIRE', q, 660000)
+    total = total + n
+  end
+  if total > 0 then
+    local g = GLOBAL .. ':stats:' .. MINUTE
+    redis.call('HINCRBY', g, kind, total)
+    redis.call('PEXPIRE', g, 660000)
+  end
+end
+
+-- Take the head job of the earliest ready queue, as dequeue.lua does.
+-- Returns nil, or queue_id, job_id, payload, requeues_remaining, pending left.
+-- The dequeue is counted in tally (see count_tally).
+local function take_one(lease, tally)
+  for _ = 1, 10 do
+    local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW, 'LIMIT', 0, 1)
+    if #head == 0 then return nil end
+    local qid = head[1]
+    local pending = k_pending(qid)
+    local jid = redis.call('LPOP', pending)
+    if not jid then
+      redis.call('ZREM', K_READY, qid)
+    else
+      local meta = k_meta(qid)
+      redis.call('HSET', meta, 'last', NOW)
+      redis.call('HDEL', meta, 'hold')
+      local left = redis.call('LLEN', pending)
+      if left > 0 then
+        redis.call('ZADD', K_READY, ready_at(meta), qid)
+      else
+        redis.call('ZREM', K_READY, qid)
+        redis.call('HDEL', meta, 'since')
+      end
+      redis.call('SADD', k_active(qid), jid)
+      redis.call('ZADD', K_DEADLINES, NOW + lease, qid .. ':' .. jid)
+      tally[qid] = (tally[qid] or 0) + 1
+      local payload = redis.call('HGET', k_payload(qid), jid)
+      local budget = redis.call('HGET', k_budget(qid), jid)
+      return qid, jid, payload, budget, left
+    end
+  end
+  return nil
 end

@@ -7,6 +7,7 @@ local pending = k_pending(qid)
 for _, jid in ipairs(redis.call('LRANGE', pending, 0, -1)) do
   redis.call('HDEL', payloads, jid)
   redis.call('HDEL', budgets, jid)
+  redis.call('HDEL', k_limit(qid), jid)
 end
 redis.call('DEL', pending)
 redis.call('ZREM', K_READY, qid)
@@ -17,6 +18,7 @@ if ARGV[6] == '1' then
     redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid)
     redis.call('HDEL', payloads, jid)
     redis.call('HDEL', budgets, jid)
+    redis.call('HDEL', k_limit(qid), jid)
   end
   redis.call('DEL', active)
   redis.call('HDEL', k_meta(qid), 'override')

@@ -17,8 +17,9 @@ if redis.call('HGET', meta, 'override') ~= '1' then
   redis.call('HSET', meta, 'interval', ARGV[7])
 end
 if length == 0 then redis.call('HSET', meta, 'since', NOW) end
-redis.call('ZADD', K_READY, ready_at(meta), qid)
+set_ready(qid, ready_at(meta))
 redis.call('SADD', K_QUEUES, qid)
 redis.call('SADD', K_TYPES, QTYPE)
 count('enqueued', qid)
+notify_ready()
 return {201, length + 1}

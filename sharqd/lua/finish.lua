@@ -4,5 +4,6 @@ if redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid) == 0 then return 0 end
 redis.call('SREM', k_active(qid), jid)
 redis.call('HDEL', k_payload(qid), jid)
 redis.call('HDEL', k_budget(qid), jid)
+redis.call('HDEL', k_limit(qid), jid)
 forget_if_empty(qid)
 return 1

@@ -4,6 +4,7 @@ if redis.call('SISMEMBER', K_QUEUES, qid) == 0 then return 0 end
 local meta = k_meta(qid)
 redis.call('HSET', meta, 'interval', ARGV[6], 'override', '1')
 if redis.call('LLEN', k_pending(qid)) > 0 then
-  redis.call('ZADD', K_READY, ready_at(meta), qid)
+  set_ready(qid, ready_at(meta))
+  notify_ready()
 end
 return 1

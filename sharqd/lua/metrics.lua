@@ -1,27 +1,28 @@
 -- ARGV[5] "global" | "type" | "queue", [6] queue_id for "queue".
--- global: {types, minutes, enqueued, dequeued}
+-- global: {types, minutes, enqueued, dequeued, dead}
 -- type:   {queue ids}
--- queue:  {pending length, minutes, enqueued, dequeued}
+-- queue:  {pending length, minutes, enqueued, dequeued, dead}
 local function counts(prefix)
-  local minutes, enqueued, dequeued = {}, {}, {}
+  local minutes, enqueued, dequeued, dead = {}, {}, {}, {}
   for i = 9, 0, -1 do
     local minute = MINUTE - i * 60000
-    local c = redis.call('HMGET', prefix .. minute, 'enqueued', 'dequeued')
+    local c = redis.call('HMGET', prefix .. minute, 'enqueued', 'dequeued', 'dead')
     table.insert(minutes, minute)
     table.insert(enqueued, tonumber(c[1]) or 0)
     table.insert(dequeued, tonumber(c[2]) or 0)
+    table.insert(dead, tonumber(c[3]) or 0)
   end
-  return minutes, enqueued, dequeued
+  return minutes, enqueued, dequeued, dead
 end
 
 local scope = ARGV[5]
 if scope == 'global' then
-  local m, e, d = counts(GLOBAL .. ':stats:')
-  return {redis.call('SMEMBERS', K_TYPES), m, e, d}
+  local m, e, d, x = counts(GLOBAL .. ':stats:')
+  return {redis.call('SMEMBERS', K_TYPES), m, e, d, x}
 elseif scope == 'type' then
   return redis.call('SMEMBERS', K_QUEUES)
 else
   local qid = ARGV[6]
-  local m, e, d = counts(BASE .. ':stats:' .. qid .. ':')
-  return {redis.call('LLEN', k_pending(qid)), m, e, d}
+  local m, e, d, x = counts(BASE .. ':stats:' .. qid .. ':')
+  return {redis.call('LLEN', k_pending(qid)), m, e, d, x}
 end

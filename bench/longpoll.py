@@ -1,0 +1,181 @@
+"""
+Long-poll bench: N clients wait on `GET /dequeue/bench/?wait=...` of a
+sharqd of its own (loopback, own redis-server, `twistd -n sharq`).
+
+  1. idle: the N clients wait with nothing to do; sharqd's (and Redis') CPU
+     over a window
+  2. trickle: jobs enqueued one by one at a steady rate; delay from the
+     enqueue request to delivery (and from its 201 to delivery)
+  3. burst: one batch of N jobs enqueued at once; delay to each delivery
+  4. interval: one queue with interval 100 ms and 50 jobs; how late each
+     delivery is after the previous one + 100 ms (the job "becoming ready")
+
+    /work/venv/bin/python bench/longpoll.py [--clients 1000] [--idle 10]
+
+Bounded in time: the whole run is cancelled after --limit seconds.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lp_harness import Client, Servers, cpu_seconds, percentile  # noqa: E402
+
+
+class Waiters:
+    def __init__(self, port, n, wait):
+        self.port = port
+        self.n = n
+        self.path = f"/dequeue/bench/?wait={wait}&lease=600000"
+        self.received = []  # (time, queue_id, job_id, payload)
+        self.in_wait = 0
+        self.tasks = []
+        self.arrived = asyncio.Event()
+
+    async def one(self):
+        client = await Client(self.port).connect()
+        try:
+            while True:
+                self.in_wait += 1
+                status, body = await client.request("GET", self.path)
+                now = time.time()
+                self.in_wait -= 1
+                if status == 200:
+                    job = json.loads(body)
+                    self.received.append((now, job["queue_id"], job["job_id"], job["payload"]))
+                    self.arrived.set()
+                elif status != 404:
+                    raise RuntimeError(f"dequeue answered {status}: {body[:200]}")
+        finally:
+            client.close()
+
+    async def start(self):
+        for _ in range(self.n):
+            self.tasks.append(asyncio.create_task(self.one()))
+        while self.in_wait < self.n:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # let sharqd read every request
+
+    async def until(self, count, timeout=30):
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(self.received)} of {count} jobs delivered")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), 1)
+            except asyncio.TimeoutError:
+                pass
+
+    def stop(self):
+        for task in self.tasks:
+            task.cancel()
+
+
+def ms(values):
+    return (f"p50 {percentile(values, 50) * 1000:.2f} ms, p99 {percentile(values, 99) * 1000:.2f} ms,"
+            f" max {max(values) * 1000:.2f} ms (n={len(values)})")
+
+
+async def run(args, servers):
+    results = {}
+    waiters = Waiters(servers.port, args.clients, args.wait)
+    await waiters.start()
+    producer = await Client(servers.port).connect()
+
+    # 1. idle
+    sharqd, redis = servers.sharqd.pid, servers.redis.pid
+    c0, r0, t0 = cpu_seconds(sharqd), cpu_seconds(redis), time.monotonic()
+    await asyncio.sleep(args.idle)
+    c1, r1, t1 = cpu_seconds(sharqd), cpu_seconds(redis), time.monotonic()
+    results["idle_sharqd_cpu_pct"] = 100 * (c1 - c0) / (t1 - t0)
+    results["idle_redis_cpu_pct"] = 100 * (r1 - r0) / (t1 - t0)
+    print(f"idle: {args.clients} clients waiting for {t1 - t0:.1f} s: sharqd CPU "
+          f"{results['idle_sharqd_cpu_pct']:.2f} %, redis-server CPU "
+          f"{results['idle_redis_cpu_pct']:.2f} %", flush=True)
+
+    # 2. trickle
+    sent, acked = {}, {}
+    base = len(waiters.received)
+    for k in range(args.trickle):
+        job_id = f"t{k}"
+        body = json.dumps({"job_id": job_id, "interval": 0, "payload": {"k": k}}).encode()
+        sent[job_id] = time.time()
+        status, _ = await producer.request("POST", f"/enqueue/bench/tq{k % 50}/", body)
+        acked[job_id] = time.time()
+        assert status == 201, status
+        await asyncio.sleep(1 / args.rate)
+    await waiters.until(base + args.trickle)
+    got = [r for r in waiters.received[base:] if r[2] in sent]
+    from_sent = [t - sent[j] for t, _, j, _ in got]
+    from_ack = [t - acked[j] for t, _, j, _ in got]
+    results["trickle_from_request"] = from_sent
+    print(f"trickle: {args.trickle} jobs at {args.rate}/s, {args.clients} clients waiting: "
+          f"enqueue request -> delivered {ms(from_sent)}; enqueue 201 -> delivered "
+          f"{ms(from_ack)}", flush=True)
+
+    # 3. burst
+    base = len(waiters.received)
+    jobs = [{"queue_id": f"bq{k}", "job_id": f"b{k}", "interval": 0, "payload": k}
+            for k in range(args.clients)]
+    body = json.dumps({"jobs": jobs}).encode()
+    c0 = cpu_seconds(sharqd)
+    start = time.time()
+    status, _ = await producer.request("POST", "/enqueue/bench/", body)
+    acked_at = time.time()
+    assert status == 201, status
+    await waiters.until(base + args.clients)
+    c1 = cpu_seconds(sharqd)
+    delays = [t - start for t, *_ in waiters.received[base:]]
+    print(f"burst: {args.clients} jobs in one batch to {args.clients} waiting clients: "
+          f"batch request -> delivered {ms(delays)} (batch 201 after "
+          f"{(acked_at - start) * 1000:.1f} ms; sharqd CPU {c1 - c0:.2f} s for the "
+          f"batch, {args.clients} answers and {args.clients} new waits)", flush=True)
+    results["burst"] = delays
+
+    # 4. interval
+    base = len(waiters.received)
+    n = 50
+    jobs = [{"queue_id": "paced", "job_id": f"p{k}", "interval": 100, "payload": k}
+            for k in range(n)]
+    status, _ = await producer.request("POST", "/enqueue/bench/",
+                                       json.dumps({"jobs": jobs}).encode())
+    assert status == 201, status
+    await waiters.until(base + n, timeout=30)
+    times = sorted(t for t, *_ in waiters.received[base:])
+    late = [b - a - 0.100 for a, b in zip(times, times[1:])]
+    print(f"interval: queue with interval 100 ms, {n} jobs: delivery after the previous "
+          f"+ 100 ms (the next ready time) {ms(late)}", flush=True)
+    results["interval"] = late
+
+    waiters.stop()
+    producer.close()
+    return results
+
+
+async def bounded(args, servers):
+    return await asyncio.wait_for(run(args, servers), args.limit)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--wait", type=float, default=60)
+    parser.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
+    parser.add_argument("--trickle", type=int, default=1000, help="jobs of the trickle phase")
+    parser.add_argument("--rate", type=float, default=100.0, help="trickle jobs per second")
+    parser.add_argument("--limit", type=float, default=120.0, help="give up after seconds")
+    args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {platform.node()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    with Servers() as servers:
+        asyncio.run(bounded(args, servers))
+
+
+if __name__ == "__main__":
+    main()

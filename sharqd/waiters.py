@@ -1,0 +1,236 @@
+"""
+Long-poll: requests that wait for a job of a type to become ready.
+
+Knows the queue and is told by a notification source (sharqd.notify) when a
+type may have become ready earlier; no HTTP, no Redis connection here.
+
+Per type and process one dequeue attempt runs at a time, always on behalf of
+the oldest waiters (first come, first served): one script call takes jobs
+for the waiter at the front and those right behind it with the same lease
+(up to MAX_GROUP jobs), and hands them out in order.  Between attempts the type's
+waiters sleep until the earliest ready time the last attempt reported, or a
+notification, whichever comes first.  While the notification source is down,
+and after a failed attempt, they re-check every `fallback` seconds, so no
+waiter depends on a notification that may have been lost.
+"""
+
+from collections import OrderedDict
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+FALLBACK_SECONDS = 1.0
+MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
+MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
+
+
+class _Waiter:
+    __slots__ = ("count", "lease", "d", "timeout", "serving", "expired")
+
+    def __init__(self, count, lease):
+        self.count = count
+        self.lease = lease
+        self.d = None
+        self.timeout = None
+        self.serving = False  # an attempt for this waiter is in flight
+        self.expired = False  # its time ran out during that attempt
+
+
+class _Line:
+    """The waiters of one queue type, oldest first."""
+
+    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error")
+
+    def __init__(self, queue_type):
+        self.queue_type = queue_type
+        self.waiters = OrderedDict()  # _Waiter -> None
+        self.busy = False     # a dequeue attempt is in flight
+        self.again = False    # notified during that attempt: try once more
+        self.timer = None     # the next re-check
+        self.error = None     # the failure of the last attempt, if it failed
+
+
+class Waiters(Service):
+    log = Logger()
+
+    def __init__(self, queue, clock, fallback=FALLBACK_SECONDS):
+        self.queue = queue
+        self.clock = clock
+        self.fallback = fallback
+        self.live = False  # the notification source is subscribed
+        self.stopped = False  # sharqd is stopping: nobody waits any more
+        self._lines = {}
+
+    def waiting(self, queue_type=None):
+        """How many requests wait (for the type, or in all)."""
+        if queue_type is not None:
+            line = self._lines.get(queue_type)
+            return len(line.waiters) if line else 0
+        return sum(len(line.waiters) for line in self._lines.values())
+
+    # ---- the API side
+
+    def wait(self, queue_type, count, lease, timeout):
+        """
+        A Deferred of a list of up to count Jobs, as soon as any is ready;
+        [] when none was in timeout seconds (or a failure, when the last
+        attempt to dequeue failed).  Cancel it when the client is gone.
+        """
+        if self.stopped:  # a dequeue without wait, as sharqd stops
+            return ensureDeferred(self._once(queue_type, count, lease))
+        line = self._lines.get(queue_type)
+        if line is None:
+            line = self._lines[queue_type] = _Line(queue_type)
+        waiter = _Waiter(count, lease)
+        waiter.d = Deferred(lambda d: self._gone(line, waiter))
+        waiter.timeout = self.clock.callLater(timeout, self._expire, line, waiter)
+        line.waiters[waiter] = None
+        # the others (if any) already know nothing is ready until their
+        # timer or a notification: the newcomer joins them at the back
+        if len(line.waiters) == 1 and not line.busy:
+            self._attempt(line)
+        return waiter.d
+
+    async def _once(self, queue_type, count, lease):
+        jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
+        return jobs
+
+    # ---- the notification side
+
+    def notify(self, queue_type):
+        """A job of the type may have become ready (earlier)."""
+        line = self._lines.get(queue_type)
+        if line is None:
+            return
+        if line.busy:
+            line.again = True
+        else:
+            self._attempt(line)
+
+    def subscribed(self, live):
+        """The notification source is up (True) or down (False).  Either
+        way every type re-checks now: notifications may have been missed,
+        and from now on the re-check period follows `live`."""
+        self.live = live
+        for line in list(self._lines.values()):
+            self.notify(line.queue_type)
+
+    # ---- one attempt at a time per type
+
+    def _attempt(self, line):
+        if line.timer is not None and line.timer.active():
+            line.timer.cancel()
+        line.timer = None
+        if not line.waiters:
+            self._drop(line)
+            return
+        # the oldest waiter, and the ones right behind it with the same
+        # lease, as far as one script call may take jobs for them
+        group, wanted = [], 0
+        lease = next(iter(line.waiters)).lease
+        for waiter in line.waiters:
+            if waiter.lease != lease or (group and wanted + waiter.count > MAX_GROUP):
+                break
+            group.append(waiter)
+            wanted += waiter.count
+            waiter.serving = True
+        line.busy = True
+        line.again = False
+        d = ensureDeferred(self.queue.dequeue_many(line.queue_type, wanted, lease))
+        d.addBoth(self._attempted, line, group, lease)
+
+    def _attempted(self, result, line, group, lease):
+        line.busy = False
+        for waiter in group:
+            waiter.serving = False
+        jobs, next_ms = [], None
+        if isinstance(result, Failure):
+            if line.error is None:
+                self.log.warn("Long-poll dequeue of {queue_type} failed: {error}; "
+                              "retrying every {s} s", queue_type=line.queue_type,
+                              error=result.getErrorMessage(), s=self.fallback)
+            line.error = result
+        else:
+            line.error = None
+            jobs, next_ms = result
+        if jobs:
+            self._hand_out(line, jobs, lease)
+        for waiter in group:
+            if waiter.expired and waiter in line.waiters:
+                self._answer(line, waiter, [])
+        if not line.waiters:
+            self._drop(line)
+        elif jobs or line.again:
+            self._attempt(line)
+        else:
+            self._sleep(line, next_ms)
+
+    def _hand_out(self, line, jobs, lease):
+        """Jobs to the waiters in order, each up to its count.  Those of a
+        client that hung up meanwhile go to the next in line."""
+        for waiter in list(line.waiters):
+            if not jobs:
+                return
+            if waiter.lease == lease:
+                mine, jobs = jobs[:waiter.count], jobs[waiter.count:]
+                self._answer(line, waiter, mine)
+        if jobs:
+            self.log.info("{n} jobs of {queue_type} were taken for clients that "
+                          "hung up; they come back when their lease ends",
+                          n=len(jobs), queue_type=line.queue_type)
+
+    def _sleep(self, line, next_ms):
+        delay = None if (self.live and line.error is None) else self.fallback
+        if next_ms is not None:
+            delay = next_ms / 1000.0 if delay is None else min(delay, next_ms / 1000.0)
+        if delay is not None:
+            line.timer = self.clock.callLater(max(delay, MIN_SLEEP), self._attempt, line)
+
+    # ---- waiters leave
+
+    def _answer(self, line, waiter, jobs):
+        del line.waiters[waiter]
+        if waiter.timeout.active():
+            waiter.timeout.cancel()
+        if not jobs and line.error is not None:
+            waiter.d.errback(line.error)
+        else:
+            waiter.d.callback(jobs)
+
+    def _expire(self, line, waiter):
+        if waiter.serving:
+            waiter.expired = True  # answered when the attempt returns
+            return
+        self._answer(line, waiter, [])
+        if not line.waiters and not line.busy:
+            self._drop(line)
+
+    def _gone(self, line, waiter):
+        """The client hung up (the Deferred was cancelled)."""
+        line.waiters.pop(waiter, None)
+        if waiter.timeout.active():
+            waiter.timeout.cancel()
+        if not line.waiters and not line.busy:
+            self._drop(line)
+
+    def _drop(self, line):
+        if line.timer is not None and line.timer.active():
+            line.timer.cancel()
+        line.timer = None
+        if self._lines.get(line.queue_type) is line:
+            del self._lines[line.queue_type]
+
+    def stopService(self):
+        """Answer every waiter (404) so the HTTP side can drain at once."""
+        super().stopService()
+        self.stopped = True
+        for line in list(self._lines.values()):
+            for waiter in list(line.waiters):
+                if not waiter.serving:
+                    self._answer(line, waiter, [])
+                else:
+                    waiter.expired = True
+            if not line.busy:
+                self._drop(line)
