@@ -32,13 +32,14 @@ local function k_limit(qid) return BASE .. ':limit:' .. qid end      -- hash job
 -- A dead queue's last dequeue is kept at least this long (R1, R6).
 local KEEP_LAST_MS = 3600000
 
+-- Count one event of a kind (enqueued, dequeued, ...) for a queue and in
+-- total, in this minute's counters; a counter's expiry is set when its
+-- minute starts (the increment that made it 1), not on every event.
 local function count(kind, qid)
   local g = GLOBAL .. ':stats:' .. MINUTE
   local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
-  redis.call('HINCRBY', g, kind, 1)
-  redis.call('PEXPIRE', g, 660000)
-  redis.call('HINCRBY', q, kind, 1)
-  redis.call('PEXPIRE', q, 660000)
+  if redis.call('HINCRBY', g, kind, 1) == 1 then redis.call('PEXPIRE', g, 660000) end
+  if redis.call('HINCRBY', q, kind, 1) == 1 then redis.call('PEXPIRE', q, 660000) end
 end
 
 -- The time a queue with pending jobs may next be dequeued.
@@ -102,8 +103,8 @@ local function next_ready_in()
   return math.max(0, tonumber(head[2]) - NOW)
 end
 
--- Store one job as enqueue.lua does.  interval "" keeps the queue's
--- interval if it has one (a dead letter put back).  Does not count.
+-- Store one job (enqueue.lua, a dead letter put back).  interval "" keeps
+-- the queue's interval if it has one.  Does not count.
 -- Returns 201 | 409 | 429 and the pending length after (before for 429).
 local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   local payloads = k_payload(qid)
@@ -115,7 +116,13 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   redis.call('HSET', payloads, jid, payload)
   redis.call('HSET', k_budget(qid), jid, limit)
   local meta = k_meta(qid)
-  redis.call('PERSIST', meta)
+  -- a queue with pending jobs is known and its meta has no expiry: only
+  -- the first pending job (re)registers it
+  if length == 0 then
+    redis.call('PERSIST', meta)
+    redis.call('SADD', K_QUEUES, qid)
+    redis.call('SADD', K_TYPES, QTYPE)
+  end
   if interval == '' then
     if not redis.call('HGET', meta, 'interval') then redis.call('HSET', meta, 'interval', 0) end
   elseif redis.call('HGET', meta, 'override') ~= '1' then
@@ -123,7 +130,6 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   end
   if length == 0 then redis.call('HSET', meta, 'since', NOW) end
   set_ready(qid, ready_at(meta))
-  redis.call('SADD', K_QUEUES, qid)
   return 201, length + 1
 end
 
@@ -133,18 +139,20 @@ local function count_tally(kind, tally)
   local total = 0
   for qid, n in pairs(tally) do
     local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
-    redis.call('HINCRBY', q, kind, n)
-    redis.call('PEXPIRE', q, 660000)
+    if redis.call('HINCRBY', q, kind, n) == n then redis.call('PEXPIRE', q, 660000) end
     total = total + n
   end
   if total > 0 then
     local g = GLOBAL .. ':stats:' .. MINUTE
-    redis.call('HINCRBY', g, kind, total)
-    redis.call('PEXPIRE', g, 660000)
+    if redis.call('HINCRBY', g, kind, total) == total then
+      redis.call('PEXPIRE', g, 660000)
+    end
   end
 end
 
--- Take the head job of the earliest ready queue, as dequeue.lua does.
+-- Take the head job of the earliest ready queue (dequeue.lua, batches).
+-- The loop only repeats past a ready entry left without jobs (never in a
+-- consistent store); it is bounded so a damaged store cannot block Redis.
 -- Returns nil, or queue_id, job_id, payload, requeues_remaining, pending left.
 -- The dequeue is counted in tally (see count_tally).
 local function take_one(lease, tally)
