@@ -532,8 +532,8 @@ def sharqd_runs(rs, scripts, twistd, env, tmp, wrk_bin, args, deadline):
     runs = []
     notes = []
     plan = [(c, n) for c, n in ((32, args.runs), (64, args.runs64)) if n > 0]
-    # jobs/s guesses for the first prefill; later ones follow what was measured
-    seen_rate = {"dequeue": 8000.0, "dequeue_finish": 4000.0}
+    # jobs/s seen so far (warm-up first), to size the prefill of the next run
+    seen_rate = {}
     for workers in args.workers:
         sq = None
         restarts = 0
@@ -550,8 +550,9 @@ def sharqd_runs(rs, scripts, twistd, env, tmp, wrk_bin, args, deadline):
                 deadline.check("warm-up")
                 pf = 0 if workload == "enqueue" else 20000
                 try:
-                    measure_run(rs, sq, wrk_bin, workload, 32, 2, f"w{workers}warm",
-                                pf, scripts)
+                    warm = measure_run(rs, sq, wrk_bin, workload, 32, 2,
+                                       f"w{workers}warm", pf, scripts)
+                    seen_rate[workload] = warm["jobs_ps"]
                 except SharqdDied as e:
                     log(str(e))
                 for conns, nruns in plan:
@@ -565,9 +566,12 @@ def sharqd_runs(rs, scripts, twistd, env, tmp, wrk_bin, args, deadline):
                         tag = f"w{workers}{workload[:3]}c{conns}r{i}a{attempts}"
                         pf = 0
                         if workload != "enqueue":
-                            pf = int(min(300000, max(10000, 1.3 * seen_rate[workload]
-                                                     * args.duration + 2000)))
+                            pf = int(min(300000, max(10000, 1.3 * seen_rate.get(
+                                workload, 5000) * args.duration + 2000)))
                         try:
+                            if not sq.alive():
+                                raise SharqdDied(f"sharqd exited ({sq.proc.returncode}) "
+                                                 "between runs")
                             res = measure_run(rs, sq, wrk_bin, workload, conns,
                                               args.duration, tag, pf, scripts,
                                               args.quiet_wait)
@@ -587,7 +591,7 @@ def sharqd_runs(rs, scripts, twistd, env, tmp, wrk_bin, args, deadline):
                         res["run"] = i + 1
                         runs.append(res)
                         if workload != "enqueue":
-                            seen_rate[workload] = max(seen_rate[workload],
+                            seen_rate[workload] = max(seen_rate.get(workload, 0),
                                                       res["jobs_ps"])
                         log(f"w={workers} {LABEL[workload]:15} c={conns} run {i + 1}: "
                             f"{res['rps']:.0f} req/s, {res['jobs_ps']:.0f} jobs/s, "
@@ -790,6 +794,66 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
     return "\n".join(L)
 
 
+# ---------------------------------------------------------------- profile
+
+def profile(rs, scripts, twistd, env, tmp, wrk_bin, args):
+    """One workload (32 connections) against sharqd (workers 1) while py-spy
+    samples it; writes bench/profile-<workload>.<svg|txt|json>."""
+    spy = args.py_spy or shutil.which("py-spy") or str(Path(twistd).parent / "py-spy")
+    if not os.access(spy, os.X_OK):
+        raise BenchError("py-spy not found: pip install py-spy (into any venv) and pass "
+                         "--py-spy PATH")
+    ext = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[args.profile_format]
+    out = HERE / f"profile-{args.profile}.{ext}"
+    sq = Sharqd(twistd, env, tmp, rs.port, 1, args.job_expire_ms, "profile")
+    spy_proc = None
+    try:
+        pf = 0 if args.profile == "enqueue" else 30000 + 2000 * args.duration
+        measure_run(rs, sq, wrk_bin, args.profile, 32, 2, "pwarm", pf, scripts)
+        r = rs.client
+        r.call("FLUSHALL")
+        if pf:
+            prefill(r, scripts, pf, "prof")
+        spy_proc = subprocess.Popen(
+            [spy, "record", "--pid", str(sq.proc.pid), "--subprocesses", "--gil", "--rate", "250",
+             "--duration", str(args.duration + 1), "--format", args.profile_format,
+             "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.5)
+        w = run_wrk(wrk_bin, sq.url, args.profile, 32, args.duration,
+                    [QTYPE, str(NQUEUES), "prof"])
+        spy_out, _ = spy_proc.communicate(timeout=args.duration + 60)
+        if spy_proc.returncode != 0:
+            raise BenchError(f"py-spy failed: {spy_out[-800:]}")
+    finally:
+        if spy_proc is not None and spy_proc.poll() is None:
+            spy_proc.kill()
+            spy_proc.wait()
+        sq.stop()
+    secs = w["duration_us"] / 1e6
+    lines = [f"# sharqd profile: {LABEL[args.profile]}, 32 connections, {args.duration} s",
+             "", f"{w['requests'] / secs:,.0f} req/s under py-spy (sampling slows it "
+             f"down); p99 {w['p99_us'] / 1000:.1f} ms.  Output: {out}", ""]
+    if args.profile_format == "raw":
+        self_t, incl, total = {}, {}, 0
+        for line in out.read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not stack or not n.isdigit():
+                continue
+            n = int(n)
+            total += n
+            frames = stack.split(";")
+            self_t[frames[-1]] = self_t.get(frames[-1], 0) + n
+            for f in set(frames):
+                incl[f] = incl.get(f, 0) + n
+        for title, table in (("self", self_t), ("inclusive", incl)):
+            lines += [f"Top 20 frames by {title} samples ({total} samples)", "",
+                      "| % | samples | frame |", "|---:|---:|---|"]
+            for f, n in sorted(table.items(), key=lambda kv: -kv[1])[:20]:
+                lines.append(f"| {100 * n / max(total, 1):.1f} | {n} | `{f[:160]}` |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- setup
 
 def ensure_tools():
@@ -880,19 +944,26 @@ def main():
     ap.add_argument("--runs64", type=int, default=3, help="runs at 64 connections")
     ap.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")],
                     default=[1, 2], help="comma-separated, default 1,2")
-    ap.add_argument("--raw-n", type=int, default=100000,
+    ap.add_argument("--raw-n", type=int, default=60000,
                     help="redis-benchmark calls per script (finish: a quarter)")
     ap.add_argument("--scaling", type=lambda s: [int(x) for x in s.split(",")],
                     default=[1, 1000, 100000])
     ap.add_argument("--scaling-k", type=int, default=2000, help="dequeues timed per size")
     ap.add_argument("--job-expire-ms", type=int, default=1000)
-    ap.add_argument("--quiet-wait", type=float, default=5,
+    ap.add_argument("--quiet-wait", type=float, default=2,
                     help="max seconds to wait before each run for other load to drop")
     ap.add_argument("--max-minutes", type=float, default=25,
                     help="time budget; later parts are skipped past it")
     ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 2 s runs, 1 run each, small raw and scaling sizes")
+    ap.add_argument("--profile", choices=WORKLOADS,
+                    help="instead of the bench: profile sharqd (workers 1) under py-spy "
+                         "for this workload at 32 connections, --duration s")
+    ap.add_argument("--profile-format", choices=["flamegraph", "raw", "speedscope"],
+                    default="flamegraph",
+                    help="flamegraph SVG, or raw collapsed stacks (prints top frames)")
+    ap.add_argument("--py-spy", help="py-spy binary (pip install py-spy)")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.runs, args.runs64, args.raw_n = 2, 1, 1, 5000
@@ -921,6 +992,9 @@ def main():
         rs = RedisServer(tools["redis-server"], tmp)
         log(f"redis-server {rs.version()} on port {rs.port}, temp dir {tmp}")
         scripts = Scripts(rs.client)
+        if args.profile:
+            print(profile(rs, scripts, twistd, env, tmp, tools["wrk"], args))
+            return 0
         meta = machine_meta(rs, twistd, env, args, tools["wrk"])
         notes = []
         raw, scaling = [], []
