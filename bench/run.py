@@ -693,6 +693,16 @@ def floors(groups, scaling):
     return rows
 
 
+def load_summary(runs, load_start):
+    other = statistics.median(r["other_cpu_pct"] for r in runs)
+    busy = sum(1 for r in runs if r["other_cpu_pct"] > 25)
+    return (f"load average {' '.join(load_start)} at start; other processes used a "
+            f"median {other:.0f}% of one core (of {100 * (os.cpu_count() or 1)}%) during "
+            f"the measured runs, over 25% in {busy} of {len(runs)} runs"
+            + (" -- **the machine was shared: rates and latencies are depressed; CPU "
+               "us/request is the least affected figure**" if other > 25 else ""))
+
+
 def report(meta, raw, scaling, runs, notes, floor_rows):
     L = []
     L.append("# sharqd benchmark results\n")
@@ -717,11 +727,15 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
              "+ socket errors (connect/read/write) + timeouts, summed over all runs.  "
              "raw = the same Lua script(s) run by redis-benchmark at the same "
              "concurrency (dequeue+finish: 1/(1/dequeue + 1/finish)); ratio = "
-             "jobs/s / raw.  CPU us/req = CPU time over the run / requests answered.\n")
+             "jobs/s / raw.  CPU us/req = CPU time over the run / requests answered "
+             "(Redis: includes sharqd's requeue passes; in the dequeue workload jobs are "
+             "never finished, so each comes back after the 1 s lease).  1-core ceiling = "
+             "1e6 / sharqd CPU us/req: the req/s one sharqd process could reach with a "
+             "whole core to itself at that CPU cost.\n")
     L.append("| workers | workload | conns | runs | req/s | jobs/s | p50 ms | p99 ms "
-             "| 404s | errors | sharqd CPU us/req | Redis CPU us/req | sharqd procs "
-             "| raw Redis /s | ratio |")
-    L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "| 404s | errors | sharqd CPU us/req | 1-core ceiling req/s "
+             "| Redis CPU us/req | sharqd procs | raw Redis /s | ratio |")
+    L.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (w, wl, c), g in sorted(groups.items(), key=lambda kv: (
             kv[0][0], WORKLOADS.index(kv[0][1]), kv[0][2])):
         jobs = median_of(g, "jobs_ps")
@@ -731,6 +745,7 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
             f"| {fmt(jobs)} | {fmt(median_of(g, 'p50_ms'), 1)} "
             f"| {fmt(median_of(g, 'p99_ms'), 1)} | {sum(r['n404'] for r in g)} "
             f"| {sum(r['errors'] for r in g)} | {fmt(median_of(g, 'sharqd_cpu_us'))} "
+            f"| {fmt(1e6 / median_of(g, 'sharqd_cpu_us'))} "
             f"| {fmt(median_of(g, 'redis_cpu_us'), 1)} | {max(r['nprocs'] for r in g)} "
             f"| {fmt(rawv)} | {f'{jobs / rawv:.2f}' if rawv else '-'} |")
     L.append("")
@@ -972,6 +987,7 @@ def main():
         ap.error("need --runs >= 1 and --duration >= 1")
 
     started = time.monotonic()
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
     deadline = Deadline(args.max_minutes)
     tools = ensure_tools()
     twistd = find_twistd(args.twistd)
@@ -1012,6 +1028,8 @@ def main():
                                       deadline)
         notes.extend(run_notes)
         total = time.monotonic() - started
+        if runs:
+            meta.append(("Machine load", load_summary(runs, load_start)))
         meta.append(("Bench run time", f"{total / 60:.1f} min "
                      f"(`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`)"))
         text = report(meta, raw, scaling, runs, notes, floors(summarize(runs), scaling))
