@@ -745,7 +745,7 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
             f"| {fmt(jobs)} | {fmt(median_of(g, 'p50_ms'), 1)} "
             f"| {fmt(median_of(g, 'p99_ms'), 1)} | {sum(r['n404'] for r in g)} "
             f"| {sum(r['errors'] for r in g)} | {fmt(median_of(g, 'sharqd_cpu_us'))} "
-            f"| {fmt(1e6 / median_of(g, 'sharqd_cpu_us'))} "
+            f"| {fmt(1e6 / max(median_of(g, 'sharqd_cpu_us'), 1e-9))} "
             f"| {fmt(median_of(g, 'redis_cpu_us'), 1)} | {max(r['nprocs'] for r in g)} "
             f"| {fmt(rawv)} | {f'{jobs / rawv:.2f}' if rawv else '-'} |")
     L.append("")
