@@ -272,15 +272,20 @@ class Scripts:
                 raise BenchError(f"SCRIPT LOAD sha of {op} differs from sha1 of its text")
             self.sha[op] = sha
 
-    def enqueue_cmd(self, qid, jid, payload=b'{"n":1}'):
-        return ["EVALSHA", self.sha["enqueue"], 0, BASE, PREFIX, QTYPE, "",
+    @staticmethod
+    def head(qtype):
+        """ARGV[1..4]: base "<prefix>:{<type>}", prefix, type, now ("": Redis clock)."""
+        return [f"{PREFIX}:{{{qtype}}}", PREFIX, qtype, ""]
+
+    def enqueue_cmd(self, qid, jid, payload=b'{"n":1}', qtype=QTYPE):
+        return ["EVALSHA", self.sha["enqueue"], 0, *self.head(qtype),
                 qid, jid, 0, payload, -1, ""]
 
-    def dequeue_cmd(self, lease=1000):
-        return ["EVALSHA", self.sha["dequeue"], 0, BASE, PREFIX, QTYPE, "", lease]
+    def dequeue_cmd(self, lease=1000, qtype=QTYPE):
+        return ["EVALSHA", self.sha["dequeue"], 0, *self.head(qtype), lease]
 
-    def finish_cmd(self, qid, jid):
-        return ["EVALSHA", self.sha["finish"], 0, BASE, PREFIX, QTYPE, "", qid, jid]
+    def finish_cmd(self, qid, jid, qtype=QTYPE):
+        return ["EVALSHA", self.sha["finish"], 0, *self.head(qtype), qid, jid]
 
 
 def check_replies(replies, what):
@@ -400,44 +405,55 @@ def scan_keys(r, pattern):
 # ---------------------------------------------------------------- dequeue scaling
 
 def dequeue_scaling(rs, scripts, sizes, k):
-    """Redis time of the dequeue script with N ready queues: SLOWLOG entries
-    (slowlog-log-slower-than 0) of k dequeues; after each dequeue the job is
-    finished and a new one enqueued into the same queue, so N stays ready."""
+    """Redis time of the dequeue script with N ready queues.  Each size gets
+    its own queue type holding N queues with one ready job each; then k rounds
+    visit every size in turn (so that load from elsewhere hits all sizes
+    alike): dequeue, finish that job, enqueue a new one into the same queue
+    (N stays ready).  The dequeue times are SLOWLOG entries
+    (slowlog-log-slower-than 0)."""
     r = rs.client
     out = []
     dsha = scripts.sha["dequeue"].encode()
+    qtypes = {n: f"scale{n}" for n in sizes}
+    ready_key = {n: f"{PREFIX}:{{{qtypes[n]}}}:ready" for n in sizes}
     try:
+        r.call("FLUSHALL")
+        fill_s = {}
         for n in sizes:
-            r.call("FLUSHALL")
             t = time.monotonic()
-            check_replies(r.pipeline([scripts.enqueue_cmd(f"s{i}", f"a{i}")
+            check_replies(r.pipeline([scripts.enqueue_cmd(f"s{i}", f"a{i}", qtype=qtypes[n])
                                       for i in range(n)]), "scaling fill")
-            fill_s = time.monotonic() - t
-            ready = r.call("ZCARD", f"{BASE}:ready")
-            r.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
-            r.call("SLOWLOG", "RESET")
-            rtts, us = [], []
-            for i in range(k):
-                if i % 100 == 0:
-                    collect_slowlog(r, dsha, us)
+            fill_s[n] = time.monotonic() - t
+        ready = {n: r.call("ZCARD", ready_key[n]) for n in sizes}
+        r.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
+        r.call("SLOWLOG", "RESET")
+        rtts = {n: [] for n in sizes}
+        entries = []
+        for i in range(k):
+            if i % 40 == 0:
+                collect_slowlog(r, dsha, entries)
+            order = sizes[i % len(sizes):] + sizes[:i % len(sizes)]
+            for n in order:
                 t0 = time.perf_counter()
-                job = r.call(*scripts.dequeue_cmd(1000))
-                rtts.append((time.perf_counter() - t0) * 1e6)
+                job = r.call(*scripts.dequeue_cmd(1000, qtype=qtypes[n]))
+                rtts[n].append((time.perf_counter() - t0) * 1e6)
                 if job is None:
                     raise BenchError(f"scaling: dequeue found nothing with {n} queues")
                 qid = job[0].decode()
-                r.call(*scripts.finish_cmd(qid, job[1].decode()))
-                r.call(*scripts.enqueue_cmd(qid, f"b{i}"))
-            collect_slowlog(r, dsha, us)
-            r.call("CONFIG", "SET", "slowlog-log-slower-than", "10000")
-            us.sort()
+                r.call(*scripts.finish_cmd(qid, job[1].decode(), qtype=qtypes[n]))
+                r.call(*scripts.enqueue_cmd(qid, f"b{i}", qtype=qtypes[n]))
+        collect_slowlog(r, dsha, entries)
+        r.call("CONFIG", "SET", "slowlog-log-slower-than", "10000")
+        for n in sizes:
+            us = sorted(d for qt, d in entries if qt == qtypes[n].encode())
             if not us:
-                raise BenchError("scaling: no dequeue entries in SLOWLOG")
-            ready_after = r.call("ZCARD", f"{BASE}:ready")
-            out.append({"n": n, "ready": ready, "ready_after": ready_after,
+                raise BenchError(f"scaling: no dequeue entries in SLOWLOG for {n} queues")
+            pct = lambda q: us[int(q * (len(us) - 1))]  # noqa: E731
+            out.append({"n": n, "ready": ready[n], "ready_after": r.call("ZCARD", ready_key[n]),
                         "count": len(us), "median": statistics.median(us),
-                        "mean": statistics.fmean(us), "p99": us[int(0.99 * (len(us) - 1))],
-                        "rtt_median": statistics.median(rtts), "fill_s": fill_s})
+                        "mean": statistics.fmean(us), "min": us[0], "p10": pct(0.10),
+                        "p99": pct(0.99), "rtt_median": statistics.median(rtts[n]),
+                        "fill_s": fill_s[n]})
             log(f"scaling N={n}: median {out[-1]['median']} us (SLOWLOG), "
                 f"{len(us)} dequeues")
     finally:
@@ -447,16 +463,17 @@ def dequeue_scaling(rs, scripts, sizes, k):
 
 
 def collect_slowlog(r, sha, into):
-    """Move the durations of EVALSHA <sha> entries out of SLOWLOG (which also
-    logs every redis.call inside the scripts, hence the small batches)."""
+    """Move (queue type, us) of the EVALSHA <sha> entries out of SLOWLOG (which
+    also logs every redis.call inside the scripts, hence the small batches)."""
     n = r.call("SLOWLOG", "LEN")
     if n:
         entries = r.call("SLOWLOG", "GET", n)
         r.call("SLOWLOG", "RESET")
         if n >= 20000:
             raise BenchError("scaling: SLOWLOG overflowed")
-        into.extend(e[2] for e in entries
-                    if len(e[3]) > 1 and e[3][0].upper() == b"EVALSHA" and e[3][1] == sha)
+        # args: EVALSHA sha 0 base prefix type now ...
+        into.extend((e[3][5], e[2]) for e in entries
+                    if len(e[3]) > 5 and e[3][0].upper() == b"EVALSHA" and e[3][1] == sha)
 
 
 # ---------------------------------------------------------------- sharqd runs
@@ -760,18 +777,19 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
     L.append("")
 
     L.append("## Dequeue time vs ready queues\n")
-    L.append("Each size: N queues with one ready job each; then dequeues, each "
-             "followed by a finish and a new enqueue into the same queue so that N "
-             "queues stay ready.  Redis time of each dequeue EVALSHA from SLOWLOG "
+    L.append("Each size: its own queue type with N queues holding one ready job "
+             "each.  Rounds visit the sizes in turn (so outside load hits them alike): "
+             "a dequeue, then a finish and a new enqueue into the same queue so that "
+             "N queues stay ready.  Redis time of each dequeue EVALSHA from SLOWLOG "
              "(slowlog-log-slower-than 0, 1 us resolution); round trip = client-side "
              "time of the same calls over loopback.\n")
-    L.append("| ready queues | dequeues | Redis us median | mean | p99 | round trip us "
-             "median | ready before / after |")
-    L.append("|---:|---:|---:|---:|---:|---:|---|")
+    L.append("| ready queues | dequeues | Redis us median | min | p10 | mean | p99 "
+             "| round trip us median | ready before / after |")
+    L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for s in scaling:
-        L.append(f"| {s['n']:,} | {s['count']:,} | {s['median']:g} | {s['mean']:.1f} "
-                 f"| {s['p99']:g} | {s['rtt_median']:.0f} | {s['ready']:,} / "
-                 f"{s['ready_after']:,} |")
+        L.append(f"| {s['n']:,} | {s['count']:,} | {s['median']:g} | {s['min']:g} "
+                 f"| {s['p10']:g} | {s['mean']:.1f} | {s['p99']:g} "
+                 f"| {s['rtt_median']:.0f} | {s['ready']:,} / {s['ready_after']:,} |")
     L.append("")
 
     L.append("## All runs\n")
