@@ -1,4 +1,4 @@
-.PHONY: run test deb deb-check
+.PHONY: run test bench deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -7,6 +7,14 @@ run:
 # Set up and run the full test suite (see README).
 test:
 	./scripts/run-tests.sh
+
+# Benchmarks (bench/README.md): sets up .venv and wrk, then drives this
+# tree's sharqd (workers 1 and 2) and writes bench/RESULTS.md.
+# `make bench BENCH_ARGS=--quick` for a smoke test.
+BENCH_ARGS ?=
+bench:
+	./scripts/setup.sh wrk
+	python3 bench/run.py --twistd $(CURDIR)/.venv/bin/twistd $(BENCH_ARGS)
 
 # Debian packaging (see README, "Install on Debian").
 
