@@ -196,7 +196,7 @@ class Api:
         return answer(request, 200, {"status": "success"})
 
     # ---- API extensions: long-poll, batches, leases, dead letters
-    # (docs/api-extensions.md)
+    # (README, "API extensions")
 
     async def dequeue_with_options(self, request, queue_type):
         """GET /dequeue/<queue_type>/?wait=S&count=N&lease=MS"""

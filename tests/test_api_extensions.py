@@ -1,5 +1,5 @@
 """
-The routes of the API extensions (docs/api-extensions.md) through
+The routes of the API extensions (README, "API extensions") through
 treq.testing.StubTreq, over a real Queue on a real redis-server.
 """
 
