@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-BATCH = 500  # jobs per script call: keeps each Redis call to a few ms
+BATCH = 100  # jobs per script call: keeps each Redis call to about 2 ms
 
 
 class RequeueService(Service):

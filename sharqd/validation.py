@@ -59,9 +59,13 @@ def json_body(raw):
     return body
 
 
+# likewise one encoder: json.dumps with options builds a new one per call
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_payload(payload):
     """Compact JSON text of a payload, stored and handed back as is."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _PAYLOAD_ENCODER.encode(payload).encode()
 
 
 def enqueue_fields(body, default_requeue_limit):

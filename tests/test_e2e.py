@@ -4,6 +4,7 @@ real redis-server, including Redis outages, SIGKILL and SIGTERM.
 """
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,20 @@ def test_job_round_trip(servers):
                       "current_queue_length": 0}
     assert server.request("POST", "/finish/sms/u1/j1/")[:2] == (200, {"status": "success"})
     assert server.request("POST", "/finish/sms/u1/j1/")[0] == 404
+
+
+def test_content_type_is_ignored(servers):
+    """When a client labels its JSON body as a form (or anything else), the
+    body is still read as JSON, as the original did."""
+    server = servers()
+    for i, ctype in enumerate(["application/x-www-form-urlencoded",
+                               "multipart/form-data; boundary=xyz", "text/plain"]):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", "/enqueue/sms/u1/", body=json.dumps(job(f"j{i}")),
+                     headers={"Content-Type": ctype})
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())) == (201, {"status": "queued"})
+        conn.close()
 
 
 def test_unfinished_job_is_handed_out_again(servers):
