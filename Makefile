@@ -1,4 +1,4 @@
-.PHONY: run test bench deb deb-check
+.PHONY: run test bench bench-extensions deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -15,6 +15,13 @@ BENCH_ARGS ?=
 bench:
 	./scripts/setup.sh wrk
 	python3 bench/run.py --twistd $(CURDIR)/.venv/bin/twistd $(BENCH_ARGS)
+
+# Long-poll (1,000 waiting clients) and batch enqueue figures, printed; see
+# bench/RESULTS-longpoll.md for a recorded run.
+bench-extensions:
+	./scripts/setup.sh
+	.venv/bin/python bench/longpoll.py
+	.venv/bin/python bench/batch_enqueue.py
 
 # Debian packaging (see README, "Install on Debian").
 

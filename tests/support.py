@@ -117,6 +117,20 @@ async def connected_service(testcase, section):
     return service
 
 
+class Recorder:
+    """A listener of NotifyService that writes down what it hears."""
+
+    def __init__(self):
+        self.heard = []
+        self.states = []
+
+    def notify(self, queue_type):
+        self.heard.append(queue_type)
+
+    def subscribed(self, live):
+        self.states.append(live)
+
+
 class FakeClock:
     """Epoch seconds under the test's control, passed to Queue as `clock`."""
 

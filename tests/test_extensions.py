@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull
 from sharqd.notify import NotifyService
-from support import make_queue, shared_redis, wait_until
+from support import Recorder, make_queue, shared_redis, wait_until
 
 
 def payload(value):
@@ -282,20 +282,6 @@ class DeadLetters(TestCase):
         self.assertTrue(keys)
         for key in keys:
             self.assertTrue(key.decode().startswith(f"{self.q.prefix}:{{sms}}:"), key)
-
-
-class Recorder:
-    """A listener of NotifyService that writes down what it hears."""
-
-    def __init__(self):
-        self.heard = []
-        self.states = []
-
-    def notify(self, queue_type):
-        self.heard.append(queue_type)
-
-    def subscribed(self, live):
-        self.states.append(live)
 
 
 class ReadyNotifications(TestCase):

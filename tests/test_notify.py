@@ -8,19 +8,7 @@ from twisted.trial.unittest import TestCase
 from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.notify import NotifyService, channel_pattern, queue_type_of
-from support import RedisServer, connected_service, wait_until
-
-
-class Recorder:
-    def __init__(self):
-        self.heard = []
-        self.states = []
-
-    def notify(self, queue_type):
-        self.heard.append(queue_type)
-
-    def subscribed(self, live):
-        self.states.append(live)
+from support import Recorder, RedisServer, connected_service, wait_until
 
 
 class Subscription(TestCase):
