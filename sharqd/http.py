@@ -80,15 +80,20 @@ class SharqRequest(Request):
 
 
 class SharqChannel(HTTPChannel):
-    """An HTTP/1.1 connection that asks the kernel for its local address once,
-    not on every request (a getsockname call and an address object each)."""
+    """An HTTP/1.1 connection that learns its two addresses once, not on
+    every request (a getsockname call and address objects each time)."""
 
-    _host = None
+    _host = _peer = None
 
     def getHost(self):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def getPeer(self):
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
 
 class SharqSite(Site):

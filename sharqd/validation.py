@@ -31,6 +31,12 @@ def identifier(name, value):
     return value
 
 
+def identifiers(**named):
+    """identifier() of each, in the order given (path order)."""
+    for name, value in named.items():
+        identifier(name, value)
+
+
 def integer(name, value, low, high):
     # bool is an int to Python but not a number to a JSON client
     if type(value) is not int or not low <= value <= high:

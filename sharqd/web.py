@@ -30,9 +30,14 @@ def answer(request, status, body):
     return body
 
 
-def _counts(counts):
-    return ({str(m): n for m, n in zip(counts.minutes, counts.enqueued)},
-            {str(m): n for m, n in zip(counts.minutes, counts.dequeued)})
+def _metrics(fields, counts):
+    """A metrics answer: the fields, then the per-minute counts."""
+    def per_minute(values):
+        return {str(m): n for m, n in zip(counts.minutes, values)}
+    return {"status": "success", **fields,
+            "enqueue_counts": per_minute(counts.enqueued),
+            "dequeue_counts": per_minute(counts.dequeued),
+            "dead_letter_counts": per_minute(counts.dead)}
 
 
 def _queued(length, request, max_length):
@@ -52,10 +57,6 @@ def _job(job, request, queue_type):
                   b'"current_queue_length": %d}' % (
                       job.queue_id.encode(), job.job_id.encode(), job.payload,
                       job.requeues_remaining, job.current_queue_length))
-
-
-def _dead_counts(counts):
-    return {str(m): n for m, n in zip(counts.minutes, counts.dead)}
 
 
 class Api:
@@ -117,8 +118,7 @@ class Api:
 
     @app.route("/enqueue/<queue_type>/<queue_id>/", methods=["POST"])
     def enqueue(self, request, queue_type, queue_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id)
         body = validation.json_body(request.content.read())
         job_id, interval, payload, limit, max_length = validation.enqueue_fields(
             body, self.default_requeue_limit)
@@ -139,16 +139,13 @@ class Api:
 
     @app.route("/finish/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
     def finish(self, request, queue_type, queue_id, job_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
-        validation.identifier("job_id", job_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
         d = self.queue.finish(queue_type, queue_id, job_id)
         return d.addCallback(lambda _: answer(request, 200, b'{"status": "success"}'))
 
     @app.route("/interval/<queue_type>/<queue_id>/", methods=["POST"])
     async def interval(self, request, queue_type, queue_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id)
         interval = validation.interval_field(validation.json_body(request.content.read()))
         await self.queue.set_interval(queue_type, queue_id, interval)
         return answer(request, 200, {"status": "success"})
@@ -156,11 +153,7 @@ class Api:
     @app.route("/metrics/", methods=["GET"])
     async def metrics(self, request):
         types, counts = await self.queue.global_metrics()
-        enqueued, dequeued = _counts(counts)
-        return answer(request, 200, {"status": "success", "queue_types": types,
-                                     "enqueue_counts": enqueued,
-                                     "dequeue_counts": dequeued,
-                                     "dead_letter_counts": _dead_counts(counts)})
+        return answer(request, 200, _metrics({"queue_types": types}, counts))
 
     @app.route("/metrics/<queue_type>/", methods=["GET"])
     async def type_metrics(self, request, queue_type):
@@ -172,19 +165,13 @@ class Api:
 
     @app.route("/metrics/<queue_type>/<queue_id>/", methods=["GET"])
     async def queue_metrics(self, request, queue_type, queue_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id)
         length, counts = await self.queue.queue_metrics(queue_type, queue_id)
-        enqueued, dequeued = _counts(counts)
-        return answer(request, 200, {"status": "success", "queue_length": length,
-                                     "enqueue_counts": enqueued,
-                                     "dequeue_counts": dequeued,
-                                     "dead_letter_counts": _dead_counts(counts)})
+        return answer(request, 200, _metrics({"queue_length": length}, counts))
 
     @app.route("/deletequeue/<queue_type>/<queue_id>/", methods=["DELETE"])
     async def delete_queue(self, request, queue_type, queue_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id)
         purge_all = validation.purge_all_field(validation.json_body(request.content.read()))
         await self.queue.delete_queue(queue_type, queue_id, purge_all)
         return answer(request, 200, {"status": "success",
@@ -302,9 +289,7 @@ class Api:
 
     @app.route("/touch/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
     async def touch(self, request, queue_type, queue_id, job_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
-        validation.identifier("job_id", job_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
         lease = validation.lease_field(validation.json_body(request.content.read()))
         lease = lease or self.queue.job_expire_interval
         deadline = await self.queue.touch(queue_type, queue_id, job_id, lease)
@@ -332,17 +317,13 @@ class Api:
 
     @app.route("/deadletters/<queue_type>/<queue_id>/<job_id>/", methods=["DELETE"])
     async def delete_dead_letter(self, request, queue_type, queue_id, job_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
-        validation.identifier("job_id", job_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
         await self.queue.delete_dead_letter(queue_type, queue_id, job_id)
         return answer(request, 200, {"status": "success", "deleted": 1})
 
     @app.route("/deadletters/<queue_type>/<queue_id>/<job_id>/retry/", methods=["POST"])
     async def retry_dead_letter(self, request, queue_type, queue_id, job_id):
-        validation.identifier("queue_type", queue_type)
-        validation.identifier("queue_id", queue_id)
-        validation.identifier("job_id", job_id)
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
         await self.queue.retry_dead_letter(queue_type, queue_id, job_id)
         return answer(request, 201, {"status": "queued"})
 
