@@ -122,8 +122,14 @@ class RedisService(Service):
         # execute_command adds a Deferred and a timer per command, a large
         # share of the CPU of a request; the watchdog below replaces the timers.
         connection.transport.write(encode_command(command))
-        d = connection.replyQueue.get()
-        return d.addCallbacks(connection.handle_reply).addErrback(self._translate)
+        return connection.replyQueue.get().addCallback(self._reply)
+
+    def _reply(self, reply):
+        # txredisapi queues an error reply, or the loss of the connection
+        # (the watchdog's included), as a value in place of the reply
+        if isinstance(reply, Exception):
+            raise self._translate(reply)
+        return reply
 
     def _check_replies(self):
         """Drop a connection whose oldest awaited reply is older than timeout;
@@ -157,12 +163,13 @@ class RedisService(Service):
                 return connection
         return None
 
-    def _translate(self, failure):
-        if failure.check(txredisapi.ConnectionError):  # timeouts included
-            raise RedisUnavailable(
+    def _translate(self, error):
+        """The error to raise for an error that took the place of a reply."""
+        if isinstance(error, txredisapi.ConnectionError):
+            return RedisUnavailable(
                 f"Redis at {self.describe()} did not answer in time; try again shortly.")
-        if failure.check(txredisapi.ResponseError) and \
-                str(failure.value).startswith(_TRANSIENT):
-            self.log.warn("Redis refused a command: {error}", error=failure.value)
-            raise RedisUnavailable(f"Redis cannot serve right now: {failure.value}")
-        return failure
+        if isinstance(error, txredisapi.ResponseError) and \
+                str(error).startswith(_TRANSIENT):
+            self.log.warn("Redis refused a command: {error}", error=error)
+            return RedisUnavailable(f"Redis cannot serve right now: {error}")
+        return error
