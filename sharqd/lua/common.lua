@@ -116,20 +116,23 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   redis.call('HSET', payloads, jid, payload)
   redis.call('HSET', k_budget(qid), jid, limit)
   local meta = k_meta(qid)
-  -- a queue with pending jobs is known and its meta has no expiry: only
-  -- the first pending job (re)registers it
+  local m = redis.call('HMGET', meta, 'override', 'interval')
+  if interval == '' then
+    interval = m[2] or '0'
+  elseif m[1] == '1' then
+    interval = m[2]  -- set with /interval/: it sticks (R6)
+  end
+  local changed = interval ~= m[2]
+  if changed then redis.call('HSET', meta, 'interval', interval) end
+  -- a queue with pending jobs is known, has no expiry and keeps its ready
+  -- time unless its interval changed: only then is there more to do
   if length == 0 then
     redis.call('PERSIST', meta)
     redis.call('SADD', K_QUEUES, qid)
     redis.call('SADD', K_TYPES, QTYPE)
+    redis.call('HSET', meta, 'since', NOW)
   end
-  if interval == '' then
-    if not redis.call('HGET', meta, 'interval') then redis.call('HSET', meta, 'interval', 0) end
-  elseif redis.call('HGET', meta, 'override') ~= '1' then
-    redis.call('HSET', meta, 'interval', interval)
-  end
-  if length == 0 then redis.call('HSET', meta, 'since', NOW) end
-  set_ready(qid, ready_at(meta))
+  if length == 0 or changed then set_ready(qid, ready_at(meta)) end
   return 201, length + 1
 end
 
@@ -166,8 +169,9 @@ local function take_one(lease, tally)
       redis.call('ZREM', K_READY, qid)
     else
       local meta = k_meta(qid)
+      -- a "hold" left from a queue that disappeared is now in the past
+      -- (this dequeue waited for it), so it no longer counts: no HDEL
       redis.call('HSET', meta, 'last', NOW)
-      redis.call('HDEL', meta, 'hold')
       local left = redis.call('LLEN', pending)
       if left > 0 then
         redis.call('ZADD', K_READY, ready_at(meta), qid)
