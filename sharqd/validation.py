@@ -65,13 +65,23 @@ def json_body(raw):
     return body
 
 
-# likewise one encoder: json.dumps with options builds a new one per call
-_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# One C encoder for every payload: json.dumps(..., separators=(",", ":"),
+# ensure_ascii=False) would build it anew per call (no circular check: a
+# parsed JSON value cannot be circular).
+_C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, json.JSONEncoder().default, json.encoder.encode_basestring, None,
+    ":", ",", False, False, True)
+_PY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def encode_payload(payload):
-    """Compact JSON text of a payload, stored and handed back as is."""
-    return _PAYLOAD_ENCODER.encode(payload).encode()
+    """Compact JSON text (UTF-8) of a payload, stored and handed back as is."""
+    try:
+        if _C_ENCODER is None:
+            return _PY_ENCODER.encode(payload).encode()
+        return "".join(_C_ENCODER(payload, 0)).encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form
+        raise invalid("payload")
 
 
 def enqueue_fields(body, default_requeue_limit):
@@ -117,20 +127,6 @@ MAX_PAGE = 1000
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
 
-# json.dumps with options builds an encoder per call; a batch reuses the C
-# encoder json.dumps(..., separators=(",", ":"), ensure_ascii=False) would
-# build (no circular check: a parsed JSON value cannot be circular)
-_C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
-    None, json.JSONEncoder().default, json.encoder.encode_basestring, None,
-    ":", ",", False, False, True)
-
-
-def encode_payloads(payloads):
-    """encode_payload of each payload, for a batch."""
-    if _C_ENCODER is None:
-        return [encode_payload(payload) for payload in payloads]
-    encode = _C_ENCODER
-    return ["".join(encode(payload, 0)).encode() for payload in payloads]
 
 
 def query_arg(args, name):

@@ -202,17 +202,8 @@ class Api:
             # the client hanging up ends the wait (Klein cancels too)
             request.notifyFinish().addErrback(lambda _: waiting.cancel())
             jobs = await waiting
-        if not jobs:
-            return answer(request, 404, {
-                "status": "failure",
-                "message": f"No job of type `{queue_type}` is ready."})
-        if not many:
-            job = jobs[0]
-            return answer(request, 200, b'{"status": "success", "queue_id": "%s", '
-                          b'"job_id": "%s", "payload": %s, "requeues_remaining": %d, '
-                          b'"current_queue_length": %d}' % (
-                              job.queue_id.encode(), job.job_id.encode(), job.payload,
-                              job.requeues_remaining, job.current_queue_length))
+        if not many or not jobs:  # the plain dequeue's answers
+            return _job(jobs[0] if jobs else None, request, queue_type)
         return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
             b'{"queue_id": "%s", "job_id": "%s", "payload": %s, '
             b'"requeues_remaining": %d}' % (
@@ -224,36 +215,22 @@ class Api:
         validation.identifier("queue_type", queue_type)
         jobs = validation.jobs_field(validation.json_body(request.content.read()))
         results = [None] * len(jobs)
-        valid, where, payloads = [], [], []
+        valid, where = [], []
         for i, job in enumerate(jobs):
             try:
                 validation.batch_job(job)
                 queue_id = validation.queue_id_field(job)
                 job_id, interval, payload, limit, max_length = validation.enqueue_fields(
                     job, self.default_requeue_limit)
-                payloads.append(payload)
+                payload = validation.encode_payload(payload)
             except BadRequest as e:
                 results[i] = _failure(e)
                 continue
-            valid.append([queue_id, job_id, interval, None, limit, max_length])
+            valid.append((queue_id, job_id, interval, payload, limit, max_length))
             where.append(i)
-        try:
-            encoded = validation.encode_payloads(payloads)
-        except ValueError:  # a lone surrogate cannot be stored as UTF-8
-            encoded = []
-            for k, payload in enumerate(payloads):
-                try:
-                    encoded.append(validation.encode_payload(payload))
-                except ValueError:
-                    encoded.append(None)
-                    results[where[k]] = _failure(validation.invalid("payload"))
-        for job, payload in zip(valid, encoded):
-            job[3] = payload
-        kept = [k for k, job in enumerate(valid) if job[3] is not None]
-        if kept:
-            stored = await self.queue.enqueue_many(queue_type, [valid[k] for k in kept])
-            for k, outcome in zip(kept, stored):
-                i, job = where[k], valid[k]
+        if valid:
+            stored = await self.queue.enqueue_many(queue_type, valid)
+            for i, job, outcome in zip(where, valid, stored):
                 if isinstance(outcome, SharqError):
                     results[i] = _failure(outcome)
                 elif job[5] is None:

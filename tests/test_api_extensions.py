@@ -306,12 +306,14 @@ class ApiExtensions(TestCase):
 
 class PayloadEncoding(TestCase):
 
-    def test_batch_encoding_matches_single(self):
-        """When payloads are encoded for a batch, the bytes are those the
-        single enqueue stores."""
+    def test_encoding_matches_json_dumps(self):
+        """When a payload is encoded, the bytes are compact JSON as
+        json.dumps(separators=(",", ":"), ensure_ascii=False) writes it."""
         from sharqd import validation
         samples = [{"to": "+1555", "text": "hi"}, "x", 1, 2**70, 1.5, -0.0, 1e300, None,
                    True, [], {}, {"a": [1, {"b": "héllo \u2028 \"q\" \\ \n \x00 😀"}]},
                    [1.0000000000000002, 3.14]]
-        self.assertEqual(validation.encode_payloads(samples),
-                         [validation.encode_payload(p) for p in samples])
+        self.assertEqual(
+            [validation.encode_payload(p) for p in samples],
+            [json.dumps(p, separators=(",", ":"), ensure_ascii=False).encode()
+             for p in samples])

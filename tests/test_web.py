@@ -192,6 +192,15 @@ class RoutesTests(TestCase):
                                   f"`{name}` has an invalid value.")
         self.assertEqual(self.queue.calls, [])
 
+    async def test_payload_without_utf8_form_is_invalid(self):
+        """When the payload holds a lone surrogate (valid JSON escape, no
+        UTF-8 form), 400 says the payload is invalid and nothing is stored."""
+        self.assertFailure400(await self.call(
+            "POST", "/enqueue/sms/u1/",
+            raw=b'{"job_id": "j1", "interval": 0, "payload": "\\ud800"}'),
+            "`payload` has an invalid value.")
+        self.assertEqual(self.queue.calls, [])
+
     async def test_path_is_checked_before_body(self):
         """When both the path and the body are bad, the path is reported."""
         self.assertFailure400(await self.call("POST", "/enqueue/s.ms/u1/", raw=b"{bad"),
