@@ -34,10 +34,23 @@ class Counts:
     dead: list = ()  # jobs moved to the dead letters
 
 
+def _duplicate(queue_type, queue_id, job_id):
+    return Conflict(f"Job `{job_id}` is already pending or active in queue "
+                    f"`{queue_type}/{queue_id}`.")
+
+
+def _not_active(queue_type, queue_id, job_id):
+    return NotFound(f"Job `{job_id}` is not active in queue `{queue_type}/{queue_id}`.")
+
+
+def _not_dead(queue_type, queue_id, job_id):
+    return NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
+                    f"is not a dead letter.")
+
+
 def _enqueued(reply, queue_type, queue_id, job_id):
     if reply[0] == 409:
-        raise Conflict(f"Job `{job_id}` is already pending or active in queue "
-                       f"`{queue_type}/{queue_id}`.")
+        raise _duplicate(queue_type, queue_id, job_id)
     if reply[0] == 429:
         raise QueueFull(current_queue_length=reply[1])
     return reply[1]
@@ -52,8 +65,7 @@ def _dequeued(reply):
 
 def _finished(reply, queue_type, queue_id, job_id):
     if not reply:
-        raise NotFound(f"Job `{job_id}` is not active in queue "
-                       f"`{queue_type}/{queue_id}`.")
+        raise _not_active(queue_type, queue_id, job_id)
 
 
 class Queue:
@@ -158,9 +170,7 @@ class Queue:
             if code == 201:
                 results.append(length)
             elif code == 409:
-                results.append(Conflict(
-                    f"Job `{job[1]}` is already pending or active in queue "
-                    f"`{queue_type}/{job[0]}`."))
+                results.append(_duplicate(queue_type, job[0], job[1]))
             else:
                 results.append(QueueFull(current_queue_length=length))
         return results
@@ -180,9 +190,8 @@ class Queue:
         """Finish (queue_id, job_id) pairs; per pair None or NotFound."""
         args = [part for pair in jobs for part in pair]
         reply = await self._run("finishbatch", queue_type, len(jobs), *args)
-        return [None if done else NotFound(
-            f"Job `{job_id}` is not active in queue `{queue_type}/{queue_id}`.")
-            for done, (queue_id, job_id) in zip(reply, jobs)]
+        return [None if done else _not_active(queue_type, queue_id, job_id)
+                for done, (queue_id, job_id) in zip(reply, jobs)]
 
     async def touch(self, queue_type, queue_id, job_id, lease=None):
         """Move an active job's deadline to now + lease; returns the deadline
@@ -190,8 +199,7 @@ class Queue:
         deadline = await self._run("touch", queue_type, queue_id, job_id,
                                    lease or self.job_expire_interval)
         if not deadline:
-            raise NotFound(f"Job `{job_id}` is not active in queue "
-                           f"`{queue_type}/{queue_id}`.")
+            raise _not_active(queue_type, queue_id, job_id)
         return int(deadline)
 
     async def dead_letters(self, queue_type, offset=0, limit=100):
@@ -207,17 +215,14 @@ class Queue:
         """Put a dead letter back into its queue; returns the pending length."""
         reply = await self._run("deadletters", queue_type, b"retry", queue_id, job_id)
         if reply[0] == 404:
-            raise NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
-                           f"is not a dead letter.")
+            raise _not_dead(queue_type, queue_id, job_id)
         if reply[0] == 409:
-            raise Conflict(f"Job `{job_id}` is already pending or active in queue "
-                           f"`{queue_type}/{queue_id}`.")
+            raise _duplicate(queue_type, queue_id, job_id)
         return reply[1]
 
     async def delete_dead_letter(self, queue_type, queue_id, job_id):
         if not await self._run("deadletters", queue_type, b"delete", queue_id, job_id):
-            raise NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
-                           f"is not a dead letter.")
+            raise _not_dead(queue_type, queue_id, job_id)
 
     async def purge_dead_letters(self, queue_type):
         """Delete every dead letter of the type; returns how many."""
