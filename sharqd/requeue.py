@@ -82,5 +82,8 @@ class RequeueService(Service):
                                   n=discarded, queue_type=queue_type)
                 if seen < self.batch:
                     break
-                await self.queue.lock(self.token, self.lock_ttl_ms)
+                # a long pass renews the lock; if it lapsed meanwhile,
+                # another process may be passing now: leave it to that one
+                if not await self.queue.lock(self.token, self.lock_ttl_ms):
+                    return total
         return total
