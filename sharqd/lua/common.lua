@@ -189,3 +189,15 @@ local function take_one(lease, tally)
   end
   return nil
 end
+
+-- Finish an active job (finish.lua, batches).  Returns 1, or 0 when the
+-- job is not active.
+local function finish_job(qid, jid)
+  if redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid) == 0 then return 0 end
+  redis.call('SREM', k_active(qid), jid)
+  redis.call('HDEL', k_payload(qid), jid)
+  redis.call('HDEL', k_budget(qid), jid)
+  redis.call('HDEL', k_limit(qid), jid)
+  forget_if_empty(qid)
+  return 1
+end

@@ -3,16 +3,6 @@
 local n = tonumber(ARGV[5])
 local reply = {}
 for i = 0, n - 1 do
-  local qid, jid = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
-  if redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid) == 0 then
-    reply[i + 1] = 0
-  else
-    redis.call('SREM', k_active(qid), jid)
-    redis.call('HDEL', k_payload(qid), jid)
-    redis.call('HDEL', k_budget(qid), jid)
-    redis.call('HDEL', k_limit(qid), jid)
-    forget_if_empty(qid)
-    reply[i + 1] = 1
-  end
+  reply[i + 1] = finish_job(ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 return reply
