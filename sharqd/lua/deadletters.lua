@@ -32,7 +32,6 @@ elseif op == 'retry' then
     interval = string.match(entry, '"interval":(%d+)')
   end
   local code, length = enqueue_job(qid, jid, interval, payload, limit, '')
-  redis.call('SADD', K_TYPES, QTYPE)
   redis.call('ZREM', K_DEAD, member)
   redis.call('HDEL', K_DEAD_JOBS, member)
   notify_ready()
