@@ -199,3 +199,20 @@ def queue_id_field(job):
     if "queue_id" not in job:
         raise missing("queue_id")
     return identifier("queue_id", job["queue_id"])
+
+
+def batch_enqueue_job(job, default_requeue_limit):
+    """(queue_id, job_id, interval, encoded payload, requeue_limit,
+    max_queued_length) of one job of a batch enqueue."""
+    queue_id = queue_id_field(batch_job(job))
+    job_id, interval, payload, limit, max_length = enqueue_fields(
+        job, default_requeue_limit)
+    return queue_id, job_id, interval, encode_payload(payload), limit, max_length
+
+
+def batch_finish_job(job):
+    """(queue_id, job_id) of one job of a batch finish."""
+    queue_id = queue_id_field(batch_job(job))
+    if "job_id" not in job:
+        raise missing("job_id")
+    return queue_id, identifier("job_id", job["job_id"])

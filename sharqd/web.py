@@ -214,20 +214,8 @@ class Api:
     async def enqueue_batch(self, request, queue_type):
         validation.identifier("queue_type", queue_type)
         jobs = validation.jobs_field(validation.json_body(request.content.read()))
-        results = [None] * len(jobs)
-        valid, where = [], []
-        for i, job in enumerate(jobs):
-            try:
-                validation.batch_job(job)
-                queue_id = validation.queue_id_field(job)
-                job_id, interval, payload, limit, max_length = validation.enqueue_fields(
-                    job, self.default_requeue_limit)
-                payload = validation.encode_payload(payload)
-            except BadRequest as e:
-                results[i] = _failure(e)
-                continue
-            valid.append((queue_id, job_id, interval, payload, limit, max_length))
-            where.append(i)
+        results, valid, where = _check_each(
+            jobs, lambda job: validation.batch_enqueue_job(job, self.default_requeue_limit))
         if valid:
             stored = await self.queue.enqueue_many(queue_type, valid)
             for i, job, outcome in zip(where, valid, stored):
@@ -244,20 +232,7 @@ class Api:
     async def finish_batch(self, request, queue_type):
         validation.identifier("queue_type", queue_type)
         jobs = validation.jobs_field(validation.json_body(request.content.read()))
-        results = [None] * len(jobs)
-        valid, where = [], []
-        for i, job in enumerate(jobs):
-            try:
-                validation.batch_job(job)
-                queue_id = validation.queue_id_field(job)
-                if "job_id" not in job:
-                    raise validation.missing("job_id")
-                job_id = validation.identifier("job_id", job["job_id"])
-            except BadRequest as e:
-                results[i] = _failure(e)
-                continue
-            valid.append((queue_id, job_id))
-            where.append(i)
+        results, valid, where = _check_each(jobs, validation.batch_finish_job)
         if valid:
             done = await self.queue.finish_many(queue_type, valid)
             for i, outcome in zip(where, done):
@@ -309,6 +284,20 @@ DEAD_LETTER_PAGE = 100
 _QUEUED = {"status": "queued"}
 _QUEUED_JSON = b'{"status": "queued"}'
 _SUCCESS = {"status": "success"}
+
+
+def _check_each(jobs, check):
+    """check(job) for each job of a batch: (results holding each invalid
+    job's failure in its place, the checked jobs, their places)."""
+    results, valid, where = [None] * len(jobs), [], []
+    for i, job in enumerate(jobs):
+        try:
+            valid.append(check(job))
+        except BadRequest as e:
+            results[i] = _failure(e)
+            continue
+        where.append(i)
+    return results, valid, where
 
 
 def _failure(error):
