@@ -21,11 +21,5 @@ function request()
 end
 
 function response(status, headers, body)
-  if status == 201 then
-    n2xx = n2xx + 1
-  elseif status == 404 then
-    n404 = n404 + 1
-  else
-    unexpected(status, body)
-  end
+  count_answer(status, body, 201)
 end

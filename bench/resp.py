@@ -1,9 +1,15 @@
 """
 A minimal blocking Redis client (RESP2 over TCP) for the bench driver:
-single calls and pipelines.  Stdlib only.
+single calls and pipelines.  Stdlib only (and sharqd's own RESP encoder,
+which is too).
 """
 
+import os
 import socket
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sharqd.resp import encode_command  # noqa: E402
 
 
 class RespError(Exception):
@@ -22,16 +28,7 @@ class Redis:
         finally:
             self.sock.close()
 
-    @staticmethod
-    def encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            if isinstance(a, str):
-                a = a.encode()
-            elif isinstance(a, int):
-                a = b"%d" % a
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
+    encode = staticmethod(encode_command)
 
     def _read(self):
         line = self.file.readline()

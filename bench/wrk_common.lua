@@ -12,6 +12,18 @@ function init_counters()
   finished, finish404 = 0, 0
 end
 
+-- Count one answer: the workload's success status, a plain 404 (nothing
+-- ready), or anything else.
+function count_answer(status, body, success)
+  if status == success then
+    n2xx = n2xx + 1
+  elseif status == 404 then
+    n404 = n404 + 1
+  else
+    unexpected(status, body)
+  end
+end
+
 -- An answer that is neither the workload's success nor a plain 404.
 function unexpected(status, body)
   nother = nother + 1

@@ -13,23 +13,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sharqd.errors import RedisUnavailable
+from sharqd.resp import encode_command
 
 # Errors Redis answers while it cannot serve for now (restarting, busy, a
 # replica, out of memory): the client should retry, so they map to 503.
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN",
               "CLUSTERDOWN", "NOAUTH", "MISCONF")
-
-
-def encode_command(args):
-    """A command in the Redis protocol (RESP), from bytes, str and int args."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(parts)
 
 
 class _PoolFactory(txredisapi.RedisFactory):

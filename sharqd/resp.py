@@ -1,0 +1,16 @@
+"""
+The Redis protocol (RESP) encoding of a command.  Standard library only, so
+the bench driver uses it too.
+"""
+
+
+def encode_command(args):
+    """A command in the Redis protocol, from bytes, str and int args."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
