@@ -9,7 +9,7 @@ import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sharqd.resp import encode_command  # noqa: E402
+from sharqd.redis.resp import encode_command  # noqa: E402
 
 
 class RespError(Exception):

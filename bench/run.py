@@ -45,7 +45,7 @@ from resp import Redis, RespError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LUA_DIR = ROOT / "sharqd" / "lua"
+LUA_DIR = ROOT / "sharqd" / "queue" / "lua"
 PREFIX = "sharq_server"
 QTYPE = "bench"
 BASE = f"{PREFIX}:{{{QTYPE}}}"

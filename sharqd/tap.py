@@ -13,14 +13,14 @@ from twisted.python import usage
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
-from sharqd.http import AdoptedPortService, HTTPService, SharqSite
-from sharqd.notify import NotifyService
-from sharqd.queue import Queue
-from sharqd.redis import RedisService
-from sharqd.requeue import RequeueService
-from sharqd.waiters import Waiters
-from sharqd.web import Api
-from sharqd.workers import WorkerPool
+from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
+from sharqd.redis.pubsub import NotifyService
+from sharqd.queue.operations import Queue
+from sharqd.redis.connection import RedisService
+from sharqd.queue.requeue import RequeueService
+from sharqd.queue.waiters import Waiters
+from sharqd.web.app import Api
+from sharqd.web.workers import WorkerPool
 
 log = Logger()
 

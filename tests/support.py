@@ -20,8 +20,8 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from sharqd.config import RedisSection
-from sharqd.queue import Queue
-from sharqd.redis import RedisService
+from sharqd.queue.operations import Queue
+from sharqd.redis.connection import RedisService
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -12,9 +12,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from treq.testing import StubTreq
 
-from sharqd.notify import NotifyService
-from sharqd.waiters import Waiters
-from sharqd.web import Api
+from sharqd.redis.pubsub import NotifyService
+from sharqd.queue.waiters import Waiters
+from sharqd.web.app import Api
 from support import make_queue, shared_redis, wait_until
 
 BASE = "http://sharqd"
@@ -135,7 +135,7 @@ class ApiExtensions(TestCase):
         """When the next job waits for its queue's interval (Redis clock), a
         waiting client gets it when the interval runs out: not before (R1),
         not at the end of its wait."""
-        from sharqd.queue import Queue
+        from sharqd.queue.operations import Queue
         q = Queue(self.q.execute, self.q.prefix)  # the Redis server's clock
         stub = StubTreq(Api(q, -1, Waiters(q, reactor)).resource())
         await q.enqueue("sms", "q1", "a", 400, b"1", -1)
@@ -309,7 +309,7 @@ class PayloadEncoding(TestCase):
     def test_encoding_matches_json_dumps(self):
         """When a payload is encoded, the bytes are compact JSON as
         json.dumps(separators=(",", ":"), ensure_ascii=False) writes it."""
-        from sharqd import validation
+        from sharqd.web import validation
         samples = [{"to": "+1555", "text": "hi"}, "x", 1, 2**70, 1.5, -0.0, 1e300, None,
                    True, [], {}, {"a": [1, {"b": "héllo \u2028 \"q\" \\ \n \x00 😀"}]},
                    [1.0000000000000002, 3.14]]

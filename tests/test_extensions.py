@@ -9,7 +9,7 @@ import json
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull
-from sharqd.notify import NotifyService
+from sharqd.redis.pubsub import NotifyService
 from support import Recorder, make_queue, shared_redis, wait_until
 
 

@@ -1,5 +1,5 @@
 """
-The pub/sub subscription of the long-poll (sharqd.notify) on a real
+The pub/sub subscription of the long-poll (sharqd.redis.pubsub) on a real
 redis-server of its own, which the tests stop and start again.
 """
 
@@ -7,7 +7,7 @@ from twisted.trial.unittest import TestCase
 
 from sharqd.config import Config
 from sharqd.errors import ConfigError
-from sharqd.notify import NotifyService, channel_pattern, queue_type_of
+from sharqd.redis.pubsub import NotifyService, channel_pattern, queue_type_of
 from support import Recorder, RedisServer, connected_service, wait_until
 
 

@@ -10,7 +10,7 @@ from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull
-from sharqd.queue import Queue
+from sharqd.queue.operations import Queue
 from support import connected_service, make_queue, shared_redis, unique_prefix
 
 

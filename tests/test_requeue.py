@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import RedisUnavailable
-from sharqd.requeue import RequeueService
+from sharqd.queue.requeue import RequeueService
 from support import make_queue
 
 

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from sharqd.errors import RedisUnavailable
-from sharqd.waiters import Waiters
+from sharqd.queue.waiters import Waiters
 
 
 class HandQueue:

@@ -11,8 +11,8 @@ from twisted.internet.defer import fail, succeed
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull, RedisUnavailable
-from sharqd.queue import Counts, Job
-from sharqd.web import Api
+from sharqd.queue.operations import Counts, Job
+from sharqd.web.app import Api
 
 BASE = "http://sharqd"
 

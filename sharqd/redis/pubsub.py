@@ -5,7 +5,7 @@ The queue scripts PUBLISH on `<prefix>:{<queue_type>}:ready` when they make
 a type ready earlier (see common.lua, notify_ready).  This service holds a
 pattern subscription to `<prefix>:{*}:ready`, so every sharqd process on the
 same Redis hears of every such change, and passes the queue type on to a
-listener (sharqd.waiters.Waiters): `notify(queue_type)` per message,
+listener (sharqd.queue.waiters.Waiters): `notify(queue_type)` per message,
 `subscribed(True | False)` when the subscription comes up or goes down.
 It reconnects by itself; a keep-alive PING finds a connection that died
 silently.

@@ -13,7 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sharqd.errors import RedisUnavailable
-from sharqd.resp import encode_command
+from sharqd.redis.resp import encode_command
 
 # Errors Redis answers while it cannot serve for now (restarting, busy, a
 # replica, out of memory): the client should retry, so they map to 503.

@@ -1,4 +1,4 @@
--- Prepended to every queue script (see scripts.py).
+-- Prepended to every queue script (see operations.py, load_script).
 -- ARGV[1] key base of the queue type, "<prefix>:{<queue_type>}"
 -- ARGV[2] key prefix for global keys
 -- ARGV[3] queue type

@@ -1,7 +1,7 @@
 """
 Long-poll: requests that wait for a job of a type to become ready.
 
-Knows the queue and is told by a notification source (sharqd.notify) when a
+Knows the queue and is told by a notification source (sharqd.redis.pubsub) when a
 type may have become ready earlier; no HTTP, no Redis connection here.
 
 Per type and process one dequeue attempt runs at a time, always on behalf of

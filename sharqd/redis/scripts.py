@@ -1,12 +1,9 @@
 """
 Lua scripts run with EVALSHA, falling back to EVAL when Redis has not seen
-them (NOSCRIPT: a restarted or flushed Redis).
+them (NOSCRIPT: a restarted or flushed Redis, a promoted replica).
 """
 
 import hashlib
-from importlib import resources
-
-_COMMON = resources.files("sharqd.lua").joinpath("common.lua").read_bytes()
 
 
 class Script:
@@ -16,12 +13,6 @@ class Script:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source).hexdigest().encode()
-
-    @classmethod
-    def load(cls, name, shared=True):
-        """sharqd/lua/<name>.lua, after the shared prelude unless told not."""
-        body = resources.files("sharqd.lua").joinpath(name + ".lua").read_bytes()
-        return cls(name, (_COMMON + b"\n" + body) if shared else body)
 
     def __call__(self, execute, keys, args):
         d = execute(b"EVALSHA", self.sha, len(keys), *keys, *args)

@@ -13,9 +13,9 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
-from sharqd import validation
+from sharqd.web import validation
 from sharqd.errors import BadRequest, SharqError
-from sharqd.waiters import Waiters
+from sharqd.queue.waiters import Waiters
 
 JSON = b"application/json"
 DEFAULT_TYPE = "default"

@@ -4,15 +4,26 @@ function.  Inputs are already validated; results are plain Python values.
 """
 
 from dataclasses import dataclass
+from importlib import resources
 
 from sharqd.errors import Conflict, NotFound, QueueFull
-from sharqd.scripts import Script
+from sharqd.redis.scripts import Script
 
-SCRIPTS = {name: Script.load(name) for name in (
+_LUA = resources.files("sharqd.queue.lua")
+_COMMON = _LUA.joinpath("common.lua").read_bytes()
+
+
+def load_script(name, shared=True):
+    """lua/<name>.lua, after the shared prelude unless told not."""
+    body = _LUA.joinpath(name + ".lua").read_bytes()
+    return Script(name, (_COMMON + b"\n" + body) if shared else body)
+
+
+SCRIPTS = {name: load_script(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
     "deadletters")}
-LOCK = Script.load("lock", shared=False)
+LOCK = load_script("lock", shared=False)
 
 
 @dataclass(frozen=True)
