@@ -32,6 +32,17 @@ class ServerSection:
     accesslog: str = ""
     max_request_size: int = 1048576
     listen: str = ""
+    idle_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_connections: int = 10000
+    max_waiters: int = 5000
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    enabled: bool = False  # an [auth] section is present
+    tokens_file: str = ""
+    open_routes: tuple = ("/", "/status/")
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class Config:
     sharq: SharqSection = SharqSection()
     server: ServerSection = ServerSection()
     redis: RedisSection = RedisSection()
+    auth: AuthSection = AuthSection()
     source: str = "<defaults>"
 
     @classmethod
@@ -78,11 +90,14 @@ class Config:
             sharq=reader.section("sharq", SharqSection, _SHARQ_KEYS),
             server=reader.section("sharq-server", ServerSection, _SERVER_KEYS),
             redis=reader.section("redis", RedisSection, _REDIS_KEYS),
+            auth=reader.section("auth", AuthSection, _AUTH_KEYS,
+                                enabled="auth" in sections),
             source=source,
         )
         reader.warn_unknown_sections()
         _check_redis(config.redis, reader)
         _check_server(config.server, reader)
+        _check_auth(config.auth, reader)
         return config
 
 
@@ -134,6 +149,14 @@ def _text(text):
     return text
 
 
+def _routes(text):
+    routes = tuple(text.replace(",", " ").split())
+    for route in routes:
+        if not route.startswith("/"):
+            raise ValueError(f"{route!r} is not a path: list paths such as / /status/")
+    return routes
+
+
 def _key_prefix(text):
     # the prefix becomes part of every key and of the cluster hash tags
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", text):
@@ -156,6 +179,10 @@ _SERVER_KEYS = {
     "accesslog": _text,
     "max_request_size": _int_between(1, 2**31),
     "listen": _text,
+    "idle_timeout": _positive_seconds,
+    "header_timeout": _positive_seconds,
+    "max_connections": _int_between(1, 10**6),
+    "max_waiters": _int_between(0, 10**6),
 }
 _REDIS_KEYS = {
     "db": _int_between(0, 1000000),
@@ -168,7 +195,11 @@ _REDIS_KEYS = {
     "clustered": _boolean,
     "timeout": _positive_seconds,
 }
-_SECTIONS = ("sharq", "sharq-server", "redis")
+_AUTH_KEYS = {
+    "tokens_file": _text,
+    "open_routes": _routes,
+}
+_SECTIONS = ("sharq", "sharq-server", "redis", "auth")
 
 
 class _Reader:
@@ -181,8 +212,7 @@ class _Reader:
     def fail(self, section, key, value, why):
         raise ConfigError(f"{self.source}: [{section}] {key} = {value!r}: {why}")
 
-    def section(self, name, kind, parsers):
-        values = {}
+    def section(self, name, kind, parsers, **values):
         for key, text in self.sections.get(name, {}).items():
             if key not in parsers:
                 log.warn("{source}: [{section}] unknown key {key!r} ignored",
@@ -205,11 +235,21 @@ class _Reader:
 
 
 def _check_server(server, reader):
-    # worker processes adopt a plain listening socket: TLS would be lost
+    # worker processes adopt the listening socket: only kinds they can wrap
     if server.workers > 1 and server.listen and \
-            not server.listen.startswith(("tcp:", "tcp6:", "unix:")):
+            not server.listen.startswith(("tcp:", "tcp6:", "unix:", "ssl:")):
         reader.fail("sharq-server", "listen", server.listen,
-                    "workers > 1 needs a tcp:, tcp6: or unix: endpoint")
+                    "workers > 1 needs a tcp:, tcp6:, unix: or ssl: endpoint")
+    if server.max_waiters > server.max_connections:
+        reader.fail("sharq-server", "max_waiters", str(server.max_waiters),
+                    f"must be at most max_connections ({server.max_connections}): "
+                    "each waiter holds a connection")
+
+
+def _check_auth(auth, reader):
+    if auth.enabled and not auth.tokens_file:
+        reader.fail("auth", "tokens_file", "",
+                    "is required in [auth] (remove the section to run without auth)")
 
 
 def _check_redis(redis, reader):

@@ -9,6 +9,7 @@ class SharqError(Exception):
 
     status = 500
     default_message = "Internal server error."
+    headers = {}  # extra answer headers, e.g. Retry-After
 
     def __init__(self, message=None, **extra):
         self.message = message or self.default_message
@@ -45,6 +46,11 @@ class RequestTooLarge(SharqError):
 class RedisUnavailable(SharqError):
     status = 503
     default_message = "Redis is not reachable; try again shortly."
+
+
+class TooManyWaiters(SharqError):
+    status = 503
+    headers = {b"retry-after": b"1"}
 
 
 class ConfigError(Exception):

@@ -2,7 +2,9 @@
 Composition root: the twistd options and the service tree of one sharqd.
 """
 
+import ipaddress
 import os
+import re
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
@@ -13,7 +15,9 @@ from twisted.python import usage
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
-from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
+from sharqd.web.auth import Guard, Tokens
+from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite, raise_fd_limit
+from sharqd.web.tls import ReloadableTLS, parse_ssl
 from sharqd.redis.pubsub import NotifyService
 from sharqd.queue.operations import Queue
 from sharqd.redis.connection import RedisService
@@ -86,15 +90,60 @@ def open_access_log(config):
     return path
 
 
+def _fail(config, section, key, value, why):
+    raise SystemExit(f"sharqd: {config.source}: [{section}] {key} = {value!r}: {why}")
+
+
+def listening(config, site, reactor):
+    """(endpoint, factory, reloader or None) for `listen` or host/port; an
+    ssl: endpoint is TCP with our own reloadable TLS around the site."""
+    where = listen_description(config.server)
+    if where.startswith("ssl:"):
+        try:
+            tls = ReloadableTLS(parse_ssl(where))
+        except ValueError as e:
+            _fail(config, "sharq-server", "listen", where, e)
+        return tls.endpoint(reactor), tls.wrap(site), tls.reload
+    try:
+        return endpoints.serverFromString(reactor, where), site, None
+    except Exception as e:
+        _fail(config, "sharq-server", "listen", where, e)
+
+
+def guarded(config, resource):
+    """(the resource behind the token check, the tokens' reloader), or as
+    it is without [auth]."""
+    auth = config.auth
+    if not auth.enabled:
+        return resource, None
+    try:
+        tokens = Tokens.from_file(auth.tokens_file)
+    except ConfigError as e:
+        _fail(config, "auth", "tokens_file", auth.tokens_file, e)
+    if not tokens.tokens:
+        log.warn("{path} holds no token: every route but {open} answers 401",
+                 path=auth.tokens_file, open=" ".join(auth.open_routes))
+    return Guard(tokens, auth.open_routes, resource), tokens.reload
+
+
+def is_private(where):
+    """Does the endpoint string listen on loopback or a unix socket only?"""
+    if where.startswith("unix:"):
+        return True
+    found = re.search(r"(?:^|:)interface=((?:[^:\\]|\\.)*)", where)
+    interface = found.group(1).replace("\\", "") if found else ""
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     config = getattr(options, "loaded", None) or Config.from_file(options["config"])
-    try:
-        endpoint = endpoints.serverFromString(reactor, listen_description(config.server))
-    except Exception as e:
-        raise SystemExit(f"sharqd: {config.source}: [sharq-server] listen = "
-                         f"{listen_description(config.server)!r}: {e}")
+    server = config.server
+    max_connections = raise_fd_limit(server.max_connections)
 
     top = SharqService()
     redis = RedisService(config.redis)
@@ -102,20 +151,29 @@ def makeService(options, reactor=None):
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
                   dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
-    waiters = Waiters(queue, reactor)
+    waiters = Waiters(queue, reactor, max_waiters=server.max_waiters)
     NotifyService(config.redis, config.redis.key_prefix, waiters,
                   reactor=reactor).setServiceParent(top)
 
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
-    site = SharqSite(api.resource(), config.server.max_request_size,
+    resource, reload_tokens = guarded(config, api.resource())
+    site = SharqSite(resource, server.max_request_size,
+                     idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
+                     max_connections=max_connections,
                      logPath=open_access_log(config), reactor=reactor)
-    where = listen_description(config.server)
+    endpoint, factory, reload_tls = listening(config, site, reactor)
+    reloaders = [r for r in (reload_tokens, reload_tls) if r is not None]
+    where = listen_description(server)
     if options["adopt-fd"] is not None:
-        AdoptedPortService(options["adopt-fd"], site, reactor, where).setServiceParent(top)
+        AdoptedPortService(options["adopt-fd"], site, reactor, where, factory=factory,
+                           reloaders=reloaders).setServiceParent(top)
         return top
-    http = HTTPService(endpoint, site, reactor, description=where)
+    if not config.auth.enabled and not is_private(where):
+        log.warn("sharqd listens on {where} without [auth]: anyone who reaches it may "
+                 "enqueue, dequeue and delete queues (README, Security)", where=where)
+    http = HTTPService(endpoint, site, reactor, description=where, factory=factory,
+                       reloaders=reloaders)
     http.setServiceParent(top)
-    if config.server.workers > 1:
-        WorkerPool(config.server.workers, options["config"], http,
-                   reactor).setServiceParent(top)
+    if server.workers > 1:
+        WorkerPool(server.workers, options["config"], http, reactor).setServiceParent(top)
     return top

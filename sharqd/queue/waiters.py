@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sharqd.errors import TooManyWaiters
+
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
 MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
@@ -55,10 +57,11 @@ class _Line:
 class Waiters(Service):
     log = Logger()
 
-    def __init__(self, queue, clock, fallback=FALLBACK_SECONDS):
+    def __init__(self, queue, clock, fallback=FALLBACK_SECONDS, max_waiters=None):
         self.queue = queue
         self.clock = clock
         self.fallback = fallback
+        self.max_waiters = max_waiters  # None: no limit
         self.live = False  # the notification source is subscribed
         self.stopped = False  # sharqd is stopping: nobody waits any more
         self._lines = {}
@@ -80,6 +83,10 @@ class Waiters(Service):
         """
         if self.stopped:  # a dequeue without wait, as sharqd stops
             return ensureDeferred(self._once(queue_type, count, lease))
+        if self.max_waiters is not None and self.waiting() >= self.max_waiters:
+            raise TooManyWaiters(
+                f"Too many long-poll requests waiting (max_waiters = "
+                f"{self.max_waiters}); try again shortly, or dequeue without wait.")
         line = self._lines.get(queue_type)
         if line is None:
             line = self._lines[queue_type] = _Line(queue_type)

@@ -101,6 +101,8 @@ class Api:
         """Domain errors answer their status and message; anything else is a
         500 with the detail in the log only."""
         if failure.check(SharqError):
+            for name, value in failure.value.headers.items():
+                request.setHeader(name, value)
             return answer(request, failure.value.status, failure.value.body())
         self.log.failure("Unexpected error answering {method} {path}", failure,
                          method=request.method, path=request.path)

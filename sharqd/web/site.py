@@ -1,22 +1,27 @@
 """
 twisted.web plumbing under the Klein app: a request that refuses oversized
-bodies before buffering them, and a listening service that lets in-flight
-requests finish when it stops.
+bodies before buffering them, connections with bounded patience and number,
+and a listening service that lets in-flight requests finish when it stops.
 """
 
 import json
 import os
+import resource
 import signal
 import socket
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
+FD_RESERVE = 256    # descriptors kept for Redis, logs and refused connections
+
+log = Logger()
 
 
 class SharqRequest(Request):
@@ -81,9 +86,53 @@ class SharqRequest(Request):
 
 class SharqChannel(HTTPChannel):
     """An HTTP/1.1 connection that learns its two addresses once, not on
-    every request (a getsockname call and address objects each time)."""
+    every request (a getsockname call and address objects each time), and
+    that is dropped when its request headers take longer than the site's
+    header_timeout.  (The idle timeout alone would not do: every byte
+    restarts it, so one header line every 20 s holds a connection forever.)
+    """
 
     _host = _peer = None
+    _header_call = None
+    _headers_done = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._start_header_clock()  # a connection that says nothing counts too
+
+    def dataReceived(self, data):
+        if self._header_call is None and not self._headers_done:
+            self._start_header_clock()  # the first byte of the next request
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._headers_done = True
+        self._stop_header_clock()
+        super().allHeadersReceived()
+
+    def requestDone(self, request):
+        self._headers_done = False  # the next request has its own clock
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._stop_header_clock()
+        self.site.connection_closed()
+        super().connectionLost(reason)
+
+    def _start_header_clock(self):
+        self._header_call = self.callLater(self.site.header_timeout, self._too_slow)
+
+    def _stop_header_clock(self):
+        if self._header_call is not None:
+            if self._header_call.active():
+                self._header_call.cancel()
+            self._header_call = None
+
+    def _too_slow(self):
+        self._header_call = None
+        self._log.info("Dropping {peer}: no complete request headers within {s} s",
+                       peer=str(self.getPeer()), s=self.site.header_timeout)
+        self.transport.abortConnection()
 
     def getHost(self):
         if self._host is None:
@@ -101,17 +150,39 @@ class SharqSite(Site):
     protocol = SharqChannel  # plain HTTP/1.1: sharqd does not offer HTTP/2
     noisy = False
 
-    def __init__(self, resource, max_request_size, **kwargs):
+    def __init__(self, resource, max_request_size, idle_timeout=60,
+                 header_timeout=10, max_connections=10000, **kwargs):
         # Bodies are JSON, never forms: skip twisted.web's parsing of the
         # Content-Type header (through the email package) on every POST,
         # which alone cost as much as the rest of an enqueue.
-        super().__init__(resource, parsePOSTFormSubmission=False, **kwargs)
+        # twisted.web stops the idle timeout while a request is being
+        # answered, so a long-poll is never idle.
+        super().__init__(resource, parsePOSTFormSubmission=False,
+                         timeout=idle_timeout, **kwargs)
         # without a logPath twisted.web would send the access log to the
         # main log; the config says no access log then
         self.access_log = self.logPath is not None
         self.max_request_size = max_request_size
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.connections = 0
+        self._refusing = False
         self.in_flight = 0
         self._idle_waiters = []
+
+    def buildProtocol(self, addr):
+        if self.connections >= self.max_connections:
+            if not self._refusing:
+                self._refusing = True
+                log.warn("max_connections ({n}) reached: refusing new connections "
+                         "with 503 until some close", n=self.max_connections)
+            return _Refuse(self.max_connections, self.reactor)
+        self._refusing = False
+        self.connections += 1
+        return super().buildProtocol(addr)
+
+    def connection_closed(self):
+        self.connections -= 1
 
     def getResourceFor(self, request):
         self.in_flight += 1
@@ -150,20 +221,83 @@ class SharqSite(Site):
         return d
 
 
+class _Refuse(Protocol):
+    """A connection beyond max_connections: told 503 once it speaks, then
+    closed; one that says nothing is closed after REFUSE_SECONDS."""
+
+    REFUSE_SECONDS = 2
+
+    def __init__(self, limit, clock):
+        self.limit = limit
+        self.clock = clock
+        self.timer = None
+
+    def connectionMade(self):
+        self.timer = self.clock.callLater(self.REFUSE_SECONDS,
+                                          self.transport.abortConnection)
+
+    def dataReceived(self, data):
+        # answered once the request arrived, so the client reads the answer
+        # rather than a reset
+        body = json.dumps({"status": "failure", "message":
+                           f"Too many connections (max_connections = {self.limit}); "
+                           "try again shortly."}).encode()
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body))
+        self.transport.loseConnection()
+        self.dataReceived = lambda data: None
+
+    def connectionLost(self, reason):
+        if self.timer.active():
+            self.timer.cancel()
+
+
+def raise_fd_limit(max_connections):
+    """Raise this process's descriptor limit to fit max_connections; the
+    number of connections it does fit (less, logged, when the hard limit
+    is too low)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + FD_RESERVE
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    if soft - FD_RESERVE < max_connections:
+        fits = max(1, soft - FD_RESERVE)
+        log.warn("max_connections = {n} needs {need} file descriptors, the limit is "
+                 "{limit} (LimitNOFILE in systemd, ulimit -n): serving at most {fits} "
+                 "connections", n=max_connections, need=max_connections + FD_RESERVE,
+                 limit=soft, fits=fits)
+        return fits
+    return max_connections
+
+
 class HTTPService(StreamServerEndpointService):
-    """Listens on an endpoint; on stop, stops listening, then drains."""
+    """Listens on an endpoint; on stop, stops listening, then drains.
+    SIGHUP runs hangup(): the access log is reopened, and each of
+    `reloaders` (tokens, TLS certificate) is run."""
 
     log = Logger()
     # a port we cannot listen on must stop startup, not just be logged
     _raiseSynchronously = True
 
     def __init__(self, endpoint, site, clock, description="",
-                 drain_seconds=DRAIN_SECONDS):
-        super().__init__(endpoint, site)
+                 drain_seconds=DRAIN_SECONDS, factory=None, reloaders=()):
+        # factory: what serves a connection, when not the site itself (TLS)
+        super().__init__(endpoint, factory or site)
         self.site = site
         self.clock = clock
         self.description = description
         self.drain_seconds = drain_seconds
+        self.reloaders = list(reloaders)
+
+    def hangup(self):
+        self.site.reopen_log()
+        for reload in self.reloaders:
+            reload()
 
     def privilegedStartService(self):
         try:
@@ -179,8 +313,7 @@ class HTTPService(StreamServerEndpointService):
 
     def startService(self):
         super().startService()
-        reopen = self.site.reopen_log
-        signal.signal(signal.SIGHUP, lambda *_: self.clock.callFromThread(reopen))
+        signal.signal(signal.SIGHUP, lambda *_: self.clock.callFromThread(self.hangup))
 
     async def _stop(self):
         await super().stopService()
@@ -201,8 +334,9 @@ class HTTPService(StreamServerEndpointService):
 class AdoptedPortService(HTTPService):
     """A worker process: serves on a listening socket its parent opened."""
 
-    def __init__(self, fd, site, clock, description=""):
-        super().__init__(None, site, clock, description)
+    def __init__(self, fd, site, clock, description="", factory=None, reloaders=()):
+        super().__init__(None, site, clock, description, factory=factory,
+                         reloaders=reloaders)
         self.fd = fd
 
     def privilegedStartService(self):
@@ -212,7 +346,7 @@ class AdoptedPortService(HTTPService):
         sock = socket.socket(fileno=self.fd)  # only to learn the family
         family = sock.family
         sock.detach()
-        port = self.clock.adoptStreamPort(self.fd, family, self.site)
+        port = self.clock.adoptStreamPort(self.fd, family, self.factory)
         os.close(self.fd)  # adoptStreamPort listens on a duplicate
         self._waitingForPort = succeed(port)
         self._listening(port)

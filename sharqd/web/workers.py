@@ -91,10 +91,10 @@ class WorkerPool(Service):
                 pass  # already gone
 
     def _hangup(self, signum, frame):
-        # the workers reopen their own access logs; the parent's HTTP
-        # service reopens its own through its own handler
+        # the workers reopen their own access logs and reload their own
+        # tokens and certificate; the parent's HTTP service does its own
         self.reactor.callFromThread(self._signal_all, "HUP")
-        self.reactor.callFromThread(self.http.site.reopen_log)
+        self.reactor.callFromThread(self.http.hangup)
 
     async def _stop(self):
         self.stopping = True
