@@ -240,10 +240,6 @@ def _check_server(server, reader):
             not server.listen.startswith(("tcp:", "tcp6:", "unix:", "ssl:")):
         reader.fail("sharq-server", "listen", server.listen,
                     "workers > 1 needs a tcp:, tcp6:, unix: or ssl: endpoint")
-    if server.max_waiters > server.max_connections:
-        reader.fail("sharq-server", "max_waiters", str(server.max_waiters),
-                    f"must be at most max_connections ({server.max_connections}): "
-                    "each waiter holds a connection")
 
 
 def _check_auth(auth, reader):

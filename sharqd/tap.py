@@ -27,6 +27,7 @@ from sharqd.web.app import Api
 from sharqd.web.workers import WorkerPool
 
 log = Logger()
+LISTEN_BACKLOG = 1024
 
 
 class Options(usage.Options):
@@ -59,7 +60,8 @@ def listen_description(server):
     if server.listen:
         return server.listen
     host = server.host.replace(":", "\\:")  # IPv6 literals
-    return f"tcp:{server.port}:interface={host}"
+    # a backlog above Twisted's 50, so a burst of connects is not dropped
+    return f"tcp:{server.port}:interface={host}:backlog={LISTEN_BACKLOG}"
 
 
 class SharqService(MultiService):
@@ -151,7 +153,8 @@ def makeService(options, reactor=None):
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
                   dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
-    waiters = Waiters(queue, reactor, max_waiters=server.max_waiters)
+    # each waiter holds a connection: more waiters than connections cannot be
+    waiters = Waiters(queue, reactor, max_waiters=min(server.max_waiters, max_connections))
     NotifyService(config.redis, config.redis.key_prefix, waiters,
                   reactor=reactor).setServiceParent(top)
 

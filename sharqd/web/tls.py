@@ -9,7 +9,7 @@ certificate of new connections without closing the socket.
 
 import re
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet import endpoints, ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -75,7 +75,7 @@ def load_options(options):
             raise ValueError(f"{key}={options[key]}: {e.strerror}")
 
     try:
-        key = ssl.KeyPair.load(read("privateKey"), ssl.FILETYPE_PEM)
+        key = ssl.KeyPair.load(read("privateKey"), crypto.FILETYPE_PEM)
     except ValueError:
         raise
     except Exception as e:
@@ -140,4 +140,4 @@ class ReloadableTLS:
         kind = endpoints.TCP6ServerEndpoint if ":" in interface else \
             endpoints.TCP4ServerEndpoint
         return kind(reactor, int(self.options["port"]),
-                    int(self.options.get("backlog", 50)), interface)
+                    int(self.options.get("backlog", 1024)), interface)
