@@ -342,3 +342,42 @@ def test_sharq_server_command(tmp_path):
         assert server.request("GET", "/")[1] == {"message": "Hello, SharQ!"}
     finally:
         assert server.stop() in STOPPED_CLEANLY
+
+
+def test_sharq_server_gunicorn_config(tmp_path):
+    """When started as `sharq-server -c FILE -gc GUNICORN_FILE` and the sharq
+    config leaves them out, sharqd listens on the gunicorn bind and writes
+    its accesslog; a setting it does not use is named in one log line."""
+    server = Sharqd(str(tmp_path), shared_redis())
+    with open(server.config_path) as f:
+        sharq = "".join(line for line in f if not line.startswith(("host", "port")))
+    with open(server.config_path, "w") as f:
+        f.write(sharq.replace("[redis]\n", f"[redis]\nhost : 127.0.0.1\n"
+                                           f"port : {shared_redis().port}\n"))
+    access = tmp_path / "access.log"
+    gunicorn = tmp_path / "gunicorn.conf.py"
+    gunicorn.write_text(f"bind = ['127.0.0.1:{server.port}']\n"
+                        f"accesslog = {str(access)!r}\nworker_class = 'gevent'\n")
+    server.command = lambda: [sys.executable, "-m", "sharqd.cli", "-c", server.config_path,
+                              "-gc", str(gunicorn)]
+    server.start()
+    try:
+        assert server.request("GET", "/")[1] == {"message": "Hello, SharQ!"}
+        wait_for(lambda: access.exists() and '"GET / HTTP/1.1" 200' in access.read_text())
+        assert server.read_log().count("'worker_class' ignored") == 1
+    finally:
+        assert server.stop() in STOPPED_CLEANLY
+
+
+def test_sharq_server_bad_gunicorn_config_is_one_line(tmp_path):
+    """When the -gc file cannot be read, sharq-server prints one line naming
+    it and exits 1."""
+    conf = tmp_path / "sharq.conf"
+    conf.write_text("[sharq]\n")
+    missing = tmp_path / "gunicorn.conf.py"
+    result = subprocess.run([sys.executable, "-m", "sharqd.cli", "-c", str(conf),
+                             "-gc", str(missing)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=ROOT), timeout=30)
+    assert result.returncode == 1
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        f"sharqd: {missing}: cannot read gunicorn config file: no such file"]
