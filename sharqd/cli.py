@@ -1,6 +1,6 @@
 """
-`sharq-server -c FILE`, the original SharQ Server's command: runs the same
-twistd service in the foreground.
+`sharq-server -c FILE [-gc GUNICORN_FILE]`, the original SharQ Server's
+command: runs the same twistd service in the foreground.
 
 `sharq-server token new NAME --scope ACTION:TYPE-GLOB ...` makes a bearer
 token: it prints the token once and the line for the tokens file, which
@@ -23,11 +23,17 @@ def main(argv=None):
                     "See also: sharq-server token new --help")
     parser.add_argument("-c", "--config", required=True, metavar="SHARQ_CONFIG",
                         help="Path of the SharQ configuration file.")
+    parser.add_argument("-gc", "--gunicorn-config", metavar="GUNICORN_CONFIG",
+                        help="Gunicorn configuration file: its bind, workers and "
+                             "accesslog apply where the SharQ config does not "
+                             "set them; other settings are ignored.")
     parser.add_argument("--version", action="version", version=f"sharqd {__version__}")
     args = parser.parse_args(argv)
 
     from twisted.scripts.twistd import run
     sys.argv = ["sharq-server", "--nodaemon", "--pidfile=", "sharq", "-c", args.config]
+    if args.gunicorn_config:
+        sys.argv += ["--gunicorn-config", args.gunicorn_config]
     run()
 
 

@@ -17,8 +17,7 @@ from sharqd.errors import ConfigError
 from sharqd.tap import is_private
 from sharqd.web.app import Api
 from sharqd.web.auth import Guard, Tokens, hash_token, parse_tokens, required
-from support import Sharqd, shared_redis
-from test_e2e import run_twistd, wait_for
+from support import Sharqd, run_twistd, shared_redis, wait_for
 from test_web import BASE, RecordingQueue
 
 PRODUCER, WORKER, READER, ADMIN, ALL = "tok-producer", "tok-worker", "tok-reader", \
@@ -212,6 +211,7 @@ def bearer(server, method, path, token=None, body=None):
         conn.close()
 
 
+@pytest.mark.slow
 def test_tokens_in_process_never_logged_and_reloaded(tmp_path):
     """When sharqd runs with [auth], tokens work end to end and appear in
     neither the access log nor the server log; SIGHUP re-reads the tokens
@@ -248,6 +248,7 @@ def test_tokens_in_process_never_logged_and_reloaded(tmp_path):
         server.stop(signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_bad_tokens_file_stops_startup(tmp_path):
     """When the tokens file is missing or wrong, sharqd prints one line
     naming the config file, [auth] tokens_file and the reason, and exits 1."""

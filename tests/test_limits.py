@@ -20,8 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from sharqd.web.site import SharqSite
-from support import Sharqd, shared_redis
-from test_e2e import wait_for
+from support import Sharqd, shared_redis, wait_for
 
 
 class _Pages(Resource):
@@ -148,6 +147,7 @@ def server(tmp_path):
         s.stop()
 
 
+@pytest.mark.slow
 def test_slowloris_is_dropped_while_others_are_served(server):
     """When a client sends one header line every 0.4 s with header_timeout
     1 s, sharqd drops it after about a second, and a normal client is
@@ -169,6 +169,7 @@ def test_slowloris_is_dropped_while_others_are_served(server):
     assert dropped is not None and dropped < 5
 
 
+@pytest.mark.slow
 def test_5000_half_open_connections_do_not_stop_normal_clients(server):
     """When 5,000 clients have sent half of their request headers and wait,
     a normal client is still answered at once (median under 100 ms), and
@@ -201,6 +202,7 @@ def test_5000_half_open_connections_do_not_stop_normal_clients(server):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.slow
 def test_max_connections_refuses_the_rest_and_serves_the_open(server):
     """When max_connections are open, another client is answered 503 JSON
     with Retry-After, while the open connections are still served."""
@@ -223,6 +225,7 @@ def test_max_connections_refuses_the_rest_and_serves_the_open(server):
     wait_for(lambda: get(sharqd.port, "/")[0] == 200)
 
 
+@pytest.mark.slow
 def test_max_waiters_gives_503_with_retry_after(server):
     """When max_waiters long-polls wait, one more is answered 503 with
     Retry-After at once; the waiting ones keep waiting."""

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support import Sharqd, free_port, shared_redis
-from test_e2e import run_twistd, wait_for
+from support import Sharqd, free_port, run_twistd, shared_redis, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 def _name(common):
