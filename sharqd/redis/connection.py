@@ -7,7 +7,7 @@ from itertools import count
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -31,6 +31,15 @@ class _PoolFactory(txredisapi.RedisFactory):
     def addConnection(self, conn):
         super().addConnection(conn)
         self.service._connection_ready()
+
+    def stopTrying(self):
+        # txredisapi gives up reconnecting for good when SELECT or AUTH fails
+        # on a new connection, a timeout included: a Redis paused (SIGSTOP,
+        # a long fork) while sharqd reconnects would leave sharqd answering
+        # 503 forever.  Only stopping the service stops the reconnecting.
+        if self.service.running:
+            return succeed(None)
+        return super().stopTrying()
 
 
 class RedisService(Service):
