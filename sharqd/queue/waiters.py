@@ -21,6 +21,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sharqd.errors import TypePaused
+
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
 MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
@@ -41,7 +43,7 @@ class _Waiter:
 class _Line:
     """The waiters of one queue type, oldest first."""
 
-    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error")
+    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error", "paused")
 
     def __init__(self, queue_type):
         self.queue_type = queue_type
@@ -50,6 +52,7 @@ class _Line:
         self.again = False    # notified during that attempt: try once more
         self.timer = None     # the next re-check
         self.error = None     # the failure of the last attempt, if it failed
+        self.paused = None    # the TypePaused failure while the type is paused
 
 
 class Waiters(Service):
@@ -146,7 +149,11 @@ class Waiters(Service):
         for waiter in group:
             waiter.serving = False
         jobs, next_ms = [], None
-        if isinstance(result, Failure):
+        line.paused = None
+        if isinstance(result, Failure) and result.check(TypePaused):
+            # waiters keep waiting: the resume publishes like an enqueue
+            line.error, line.paused = None, result
+        elif isinstance(result, Failure):
             if line.error is None:
                 self.log.warn("Long-poll dequeue of {queue_type} failed: {error}; "
                               "retrying every {s} s", queue_type=line.queue_type,
@@ -194,8 +201,8 @@ class Waiters(Service):
         del line.waiters[waiter]
         if waiter.timeout.active():
             waiter.timeout.cancel()
-        if not jobs and line.error is not None:
-            waiter.d.errback(line.error)
+        if not jobs and (line.error or line.paused) is not None:
+            waiter.d.errback(line.error or line.paused)
         else:
             waiter.d.callback(jobs)
 
