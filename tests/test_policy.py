@@ -255,14 +255,6 @@ class Pause(Base):
         self.assertTrue(await self.q.resume_type("sms"))
         self.assertEqual(len(await self.drain()), 3)
 
-    async def test_resume_publishes_like_an_enqueue(self):
-        """When a type resumes, its ready channel hears it (long-poll wakes)."""
-        await self.q.pause_type("sms")
-        monitor = await self.q.execute(b"PUBSUB", b"NUMSUB", f"{self.q.prefix}:{{sms}}:ready")
-        self.assertEqual(monitor[1], 0)  # channel name as the waiters use it
-        self.assertTrue(await self.q.resume_type("sms"))
-        self.assertFalse(await self.q.resume_type("sms"))
-
 
 class TypeDefaults(Base):
 
