@@ -220,7 +220,7 @@ class PolicyRoutes(TestCase):
         a, b = body["jobs"]
         status, body = await self.call("POST", "/finish/sms/", {"jobs": [
             {"queue_id": "q1", "job_id": "a", "lease_id": a["lease_id"]},
-            {"queue_id": "q1", "job_id": "b", "lease_id": a["lease_id"]}]})
+            {"queue_id": "q1", "job_id": "b", "lease_id": "17"}]})
         self.assertEqual([r["status"] for r in body["results"]], ["success", "failure"])
         self.assertEqual(body["results"][1]["code"], 409)
 

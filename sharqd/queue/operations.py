@@ -93,7 +93,7 @@ def _dequeued(reply, queue_type):
         raise TypePaused(queue_type)
     queue_id, job_id, payload, budget, left, lease_id = reply
     return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left,
-               str(lease_id))
+               lease_id.decode())
 
 
 def _finished(reply, queue_type, queue_id, job_id, lease_id):
@@ -272,7 +272,7 @@ class Queue:
         if reply[0] == -2:
             raise TypePaused(queue_type)
         jobs = [Job(reply[i].decode(), reply[i + 1].decode(), reply[i + 2],
-                    int(reply[i + 3]), reply[i + 4], str(reply[i + 5]))
+                    int(reply[i + 3]), reply[i + 4], reply[i + 5].decode())
                 for i in range(1, len(reply), 6)]
         next_ms = int(reply[0])
         return jobs, (None if next_ms < 0 else next_ms)

@@ -25,15 +25,15 @@ local function k_payload(qid) return BASE .. ':payload:' .. qid end  -- hash job
 local function k_budget(qid) return BASE .. ':budget:' .. qid end    -- hash job id -> requeues left
 local function k_meta(qid) return BASE .. ':meta:' .. qid end        -- hash, see below
 local function k_limit(qid) return BASE .. ':limit:' .. qid end      -- hash job id -> original requeue limit (set at first requeue)
-local function k_lease(qid) return BASE .. ':lease:' .. qid end      -- hash job id -> lease id of its hand-out
-local function k_policy(qid) return BASE .. ':policy:' .. qid end    -- hash, the queue's own policy (kept when it empties)
 local K_TYPE_POLICY = BASE .. ':typepolicy'  -- hash, the type's default policy and type_paused
-local K_LEASE_SEQ = BASE .. ':leaseseq'      -- counter numbering hand-outs (lease ids)
 -- meta fields: interval, override ("1" when set by /interval/), last (last
 -- dequeue), since (when pending became non-empty), hold (earliest next
 -- dequeue kept from a queue that disappeared), anchor, n, grate (the GCRA
--- state under a rate policy, see gcra_state)
--- policy fields: set ("1": the hash exists), rate, burst, max_active, paused
+-- state under a rate policy, see gcra_state), held ("1" while it has
+-- pending jobs but is out of the ready set: paused or at its cap), and the
+-- queue's own policy: p ("1" when it has one), rate, burst, max_active,
+-- paused.  A meta with a policy does not expire.
+-- budget fields also hold "lease:<job id>" -> lease id of the job's hand-out
 
 -- A dead queue's last dequeue is kept at least this long (R1, R6).
 local KEEP_LAST_MS = 3600000
@@ -90,10 +90,11 @@ end
 -- Float noise far below a millisecond must not move a ready time by one.
 local EPS = 1e-6
 
--- f: HMGET of set, rate, burst, max_active, paused
-local function as_policy(f, source)
-  return {source = source, rate = tonumber(f[2]), rate_text = f[2],
-          burst = tonumber(f[3]) or 1, max_active = tonumber(f[4]), paused = f[5] == '1'}
+-- f[i..i+4]: set, rate, burst, max_active, paused
+local function as_policy(f, i, source)
+  return {source = source, rate = tonumber(f[i + 1]), rate_text = f[i + 1],
+          burst = tonumber(f[i + 2]) or 1, max_active = tonumber(f[i + 3]),
+          paused = f[i + 4] == '1'}
 end
 
 local TYPE_POLICY  -- read once per call
@@ -101,26 +102,27 @@ local function type_policy()
   if not TYPE_POLICY then
     local f = redis.call('HMGET', K_TYPE_POLICY, 'set', 'rate', 'burst', 'max_active',
                          'paused', 'type_paused')
-    TYPE_POLICY = as_policy(f, f[1] and 'type' or 'interval')
+    TYPE_POLICY = as_policy(f, 1, f[1] and 'type' or 'interval')
     TYPE_POLICY.type_paused = f[6] == '1'
   end
   return TYPE_POLICY
 end
 
--- The policy in force for a queue: its own, else its type's default, else
--- the plain interval (source 'queue', 'type' or 'interval').
-local function policy(qid)
-  local f = redis.call('HMGET', k_policy(qid), 'set', 'rate', 'burst', 'max_active', 'paused')
-  if f[1] then return as_policy(f, 'queue') end
-  return type_policy()
-end
-
 local function read_meta(qid)
   local m = redis.call('HMGET', k_meta(qid), 'interval', 'last', 'since', 'hold',
-                       'anchor', 'n', 'grate')
+                       'anchor', 'n', 'grate', 'held', 'p', 'rate', 'burst', 'max_active',
+                       'paused')
   return {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
           hold = tonumber(m[4]), anchor = tonumber(m[5]), n = tonumber(m[6]),
-          grate = tonumber(m[7])}
+          grate = tonumber(m[7]), held = m[8],
+          own = m[9] and as_policy(m, 9, 'queue')}
+end
+
+-- The policy in force for a queue (m from read_meta): its own, else its
+-- type's default, else the plain interval (source 'queue', 'type' or
+-- 'interval').
+local function policy(m)
+  return m.own or type_policy()
 end
 
 -- GCRA state: the theoretical arrival time (TAT) is anchor + n * 1000 / rate,
@@ -186,16 +188,58 @@ local function held(qid, pol)
 end
 
 -- Put a queue with pending jobs in the ready set at the time its policy
--- lets the next one go, or out of it while it is held: only dequeueable
--- queues are in the ready set, so a dequeue stays O(log n) (R3).  The
--- finish, requeue and policy paths put a held queue back.
-local function place(qid, pol, m)
-  pol = pol or policy(qid)
+-- lets the next one go, or out of it while it is held (marked "held" in
+-- its meta): only dequeueable queues are in the ready set, so a dequeue
+-- stays O(log n) (R3).  The finish, requeue and policy paths put a held
+-- queue back.  quiet: after a dequeue of the queue, whose ready time can
+-- only move later, so nobody needs waking.
+local function place(qid, m, quiet)
+  m = m or read_meta(qid)
+  local pol = policy(m)
   if held(qid, pol) then
     redis.call('ZREM', K_READY, qid)
-  else
-    set_ready(qid, ready_at(m or read_meta(qid), pol))
+    if not m.held then redis.call('HSET', k_meta(qid), 'held', '1') end
+    m.held = '1'
+    return
   end
+  if m.held then redis.call('HDEL', k_meta(qid), 'held') end
+  m.held = nil
+  if quiet then
+    redis.call('ZADD', K_READY, ready_at(m, pol), qid)
+  else
+    set_ready(qid, ready_at(m, pol))
+  end
+end
+
+-- A queue's pending jobs are gone: out of the ready set, not held.
+local function unplace(qid)
+  redis.call('ZREM', K_READY, qid)
+  redis.call('HDEL', k_meta(qid), 'held')
+end
+
+-- The meta of a queue that is gone: kept while it holds a policy, else
+-- for as long as its last dequeue matters (R1, R6), or dropped.
+local function expire_meta(qid, m)
+  local meta = k_meta(qid)
+  if not m.last then
+    if m.own then
+      redis.call('HDEL', meta, 'interval', 'override', 'since', 'held')
+    else
+      redis.call('DEL', meta)
+    end
+    return
+  end
+  local hold = m.last + m.interval
+  if m.own and m.own.rate then hold = gcra_ready(m, m.own) end
+  if not m.own and type_policy().rate then hold = gcra_ready(m, type_policy()) end
+  redis.call('HDEL', meta, 'override', 'since')
+  redis.call('HSET', meta, 'hold', hold)
+  if m.own then return end
+  local keep = math.max(hold - NOW, KEEP_LAST_MS)
+  if m.anchor then  -- keep the TAT as long as it matters
+    keep = math.max(keep, math.ceil(m.anchor + m.n * 1000 / m.grate) - NOW)
+  end
+  redis.call('PEXPIRE', meta, keep)
 end
 
 -- Drop a queue that has neither pending nor active jobs.  Its interval
@@ -207,23 +251,8 @@ local function forget_if_empty(qid)
   end
   redis.call('SREM', K_QUEUES, qid)
   if redis.call('SCARD', K_QUEUES) == 0 then redis.call('SREM', K_TYPES, QTYPE) end
-  redis.call('DEL', k_payload(qid), k_budget(qid), k_limit(qid), k_lease(qid))
-  local meta = k_meta(qid)
-  local m = read_meta(qid)
-  if not m.last then
-    redis.call('DEL', meta)
-    return
-  end
-  local pol = policy(qid)
-  local hold = m.last + m.interval
-  if pol.rate then hold = gcra_ready(m, pol) end
-  local keep = math.max(hold - NOW, KEEP_LAST_MS)
-  if m.anchor then  -- keep the TAT as long as it matters
-    keep = math.max(keep, math.ceil(m.anchor + m.n * 1000 / m.grate) - NOW)
-  end
-  redis.call('HDEL', meta, 'override', 'since')
-  redis.call('HSET', meta, 'hold', hold)
-  redis.call('PEXPIRE', meta, keep)
+  redis.call('DEL', k_payload(qid), k_budget(qid), k_limit(qid))
+  expire_meta(qid, read_meta(qid))
 end
 
 -- Milliseconds until the type's earliest ready queue is ready, or -1 when
@@ -282,9 +311,10 @@ local function take_one(lease, tally)
     local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW, 'LIMIT', 0, 1)
     if #head == 0 then return nil end
     local qid = head[1]
-    local pol, m = policy(qid), read_meta(qid)
+    local m = read_meta(qid)
+    local pol = policy(m)
     if held(qid, pol) or ready_at(m, pol) > NOW then
-      place(qid, pol, m)
+      place(qid, m)
     else
       local pending = k_pending(qid)
       local jid = redis.call('LPOP', pending)
@@ -305,17 +335,20 @@ local function take_one(lease, tally)
         redis.call('SADD', k_active(qid), jid)
         local left = redis.call('LLEN', pending)
         if left > 0 then
-          place(qid, pol, m)
+          place(qid, m, true)
         else
           redis.call('ZREM', K_READY, qid)
           redis.call('HDEL', meta, 'since')
         end
         redis.call('ZADD', K_DEADLINES, NOW + lease, qid .. ':' .. jid)
-        local lease_id = redis.call('INCR', K_LEASE_SEQ)
-        redis.call('HSET', k_lease(qid), jid, lease_id)
+        -- a job is handed out at most once a millisecond (a lease is at
+        -- least 1 ms): the time names the hand-out
+        local lease_id = tostring(NOW)
+        local budgets = k_budget(qid)
+        redis.call('HSET', budgets, 'lease:' .. jid, lease_id)
         tally[qid] = (tally[qid] or 0) + 1
         local payload = redis.call('HGET', k_payload(qid), jid)
-        local budget = redis.call('HGET', k_budget(qid), jid)
+        local budget = redis.call('HGET', budgets, jid)
         return qid, jid, payload, budget, left, lease_id
       end
     end
@@ -328,7 +361,7 @@ end
 local function check_lease(qid, jid, lease_id)
   if lease_id == nil or lease_id == '' then return 1 end
   if not redis.call('ZSCORE', K_DEADLINES, qid .. ':' .. jid) then return 0 end
-  if redis.call('HGET', k_lease(qid), jid) ~= lease_id then return 2 end
+  if redis.call('HGET', k_budget(qid), 'lease:' .. jid) ~= lease_id then return 2 end
   return 1
 end
 
@@ -341,11 +374,9 @@ local function finish_job(qid, jid, lease_id)
   if redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid) == 0 then return 0 end
   redis.call('SREM', k_active(qid), jid)
   redis.call('HDEL', k_payload(qid), jid)
-  redis.call('HDEL', k_budget(qid), jid)
+  redis.call('HDEL', k_budget(qid), jid, 'lease:' .. jid)
   redis.call('HDEL', k_limit(qid), jid)
-  redis.call('HDEL', k_lease(qid), jid)
-  local pol = policy(qid)
-  if pol.max_active and redis.call('LLEN', k_pending(qid)) > 0 then place(qid, pol) end
+  if redis.call('HEXISTS', k_meta(qid), 'held') == 1 then place(qid) end
   forget_if_empty(qid)
   return 1
 end

@@ -4,7 +4,8 @@
 -- "0"), tokens, next ready time (epoch ms, -1 when none: held or the
 -- queue has no state), reason ("" when ready), now}
 local qid = ARGV[5]
-local pol, m = policy(qid), read_meta(qid)
+local m = read_meta(qid)
+local pol = policy(m)
 local pending = redis.call('LLEN', k_pending(qid))
 local active = redis.call('SCARD', k_active(qid))
 local at = ready_at(m, pol)

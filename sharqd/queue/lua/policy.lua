@@ -9,28 +9,33 @@
 --   the type that follow the type's default policy in their place (after
 --   the default changed); returns the next cursor ("0" when done)
 -- "pause" / "resume" (the whole type): returns 1, or 0 when it was already so
--- A queue's own policy takes effect at once: its place in the ready set is
+-- A queue's policy lives in its meta hash (read with the rest in one call);
+-- it takes effect at once: the queue's place in the ready set is
 -- recomputed and long-poll waiters are woken when it became ready.
 local op, qid = ARGV[5], ARGV[6]
-local key = qid == '' and K_TYPE_POLICY or k_policy(qid)
 local FIELDS = {'rate', 'burst', 'max_active', 'paused'}
+local key, mark = K_TYPE_POLICY, 'set'
+if qid ~= '' then key, mark = k_meta(qid), 'p' end
 
 local function replace_queue()
-  if qid ~= '' and redis.call('LLEN', k_pending(qid)) > 0 then
+  if qid == '' then return end
+  if redis.call('LLEN', k_pending(qid)) > 0 then
     place(qid)
     notify_ready()
+  elseif redis.call('SISMEMBER', K_QUEUES, qid) == 0 then
+    expire_meta(qid, read_meta(qid))  -- a policy alone keeps it, else as before
   end
 end
 
 if op == 'get' then
-  local f = redis.call('HMGET', key, 'set', unpack(FIELDS))
+  local f = redis.call('HMGET', key, mark, unpack(FIELDS))
   if not f[1] then return nil end
   local reply = {}
   for i = 2, 5 do reply[i - 1] = f[i] or '' end
   return reply
 elseif op == 'put' then
   redis.call('HDEL', key, unpack(FIELDS))
-  local fields = {'set', '1'}
+  local fields = {mark, '1'}
   for i, name in ipairs(FIELDS) do
     if ARGV[6 + i] ~= '' then
       fields[#fields + 1] = name
@@ -38,17 +43,19 @@ elseif op == 'put' then
     end
   end
   redis.call('HSET', key, unpack(fields))
+  if qid ~= '' then redis.call('PERSIST', key) end
   replace_queue()
   return 1
 elseif op == 'delete' then
-  local existed = redis.call('HDEL', key, 'set', unpack(FIELDS)) > 0
+  local existed = redis.call('HDEL', key, mark, unpack(FIELDS)) > 0
   if existed then replace_queue() end
   return existed and 1 or 0
 elseif op == 'sweep' then
   local scan = redis.call('SSCAN', K_QUEUES, ARGV[7], 'COUNT', ARGV[8])
   for _, id in ipairs(scan[2]) do
-    if redis.call('EXISTS', k_policy(id)) == 0 and redis.call('LLEN', k_pending(id)) > 0 then
-      place(id)
+    if redis.call('LLEN', k_pending(id)) > 0 then
+      local m = read_meta(id)
+      if not m.own then place(id, m) end
     end
   end
   notify_ready()

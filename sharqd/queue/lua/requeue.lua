@@ -12,8 +12,8 @@ for i = #due, 1, -1 do
   local qid, jid = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
   redis.call('ZREM', K_DEADLINES, member)
   redis.call('SREM', k_active(qid), jid)
-  redis.call('HDEL', k_lease(qid), jid)
   local budgets = k_budget(qid)
+  redis.call('HDEL', budgets, 'lease:' .. jid)
   local budget = tonumber(redis.call('HGET', budgets, jid)) or -1
   if budget == 0 then
     local limit = tonumber(redis.call('HGET', k_limit(qid), jid)) or 0
@@ -37,7 +37,7 @@ for i = #due, 1, -1 do
     redis.call('HDEL', k_limit(qid), jid)
     count('dead', qid)
     -- its slot is free: a queue at its max_active cap may be ready again
-    if redis.call('LLEN', k_pending(qid)) > 0 then place(qid) end
+    if redis.call('HEXISTS', k_meta(qid), 'held') == 1 then place(qid) end
     forget_if_empty(qid)
     discarded = discarded + 1
   else
