@@ -16,6 +16,7 @@ try:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeRemainingColumn
     from rich.table import Table
+    from rich.text import Text
 except ImportError as e:  # installed without the `cli` extra
     sys.exit(f"sharqctl needs click and rich: pip install 'sharqd-client[cli]' ({e})")
 
@@ -276,7 +277,7 @@ def _watch_table(snapshot, url, error=None):
     t = table("TYPE", "QUEUES", "DEAD LETTERS")
     for row in snapshot["types"]:
         t.add_row(row["queue_type"], str(row["queues"]), str(row["dead_letters"]))
-    return Group(title, t)
+    return Group(Text.from_markup(title), t)
 
 
 @main.command()
