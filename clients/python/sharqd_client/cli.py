@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 
 try:
     import click
-    from rich.console import Console, Group
+    from rich.console import Console, Group as Stack
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
         TimeRemainingColumn
@@ -277,7 +277,7 @@ def _watch_table(snapshot, url, error=None):
     t = table("TYPE", "QUEUES", "DEAD LETTERS")
     for row in snapshot["types"]:
         t.add_row(row["queue_type"], str(row["queues"]), str(row["dead_letters"]))
-    return Group(Text.from_markup(title), t)
+    return Stack(Text.from_markup(title), t)
 
 
 @main.command()
