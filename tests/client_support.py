@@ -11,10 +11,9 @@ import os
 import signal
 import tempfile
 import threading
-import time
 import uuid
 
-from support import ROOT, Sharqd, shared_redis
+from support import ROOT, Sharqd, shared_redis, wait_for  # noqa: F401 (re-exported)
 
 CLIENT_ROOT = os.path.join(ROOT, "clients", "python")
 
@@ -29,19 +28,7 @@ def start_sharqd(redis=None, tmpdir=None, **kwargs):
 
 
 def url_of(server):
-    return f"http://127.0.0.1:{server.port}"
-
-
-def wait_for(check, timeout=15.0, step=0.05):
-    """Poll check() until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
+    return server.url("")
 
 
 def route_missing(error):

@@ -17,6 +17,9 @@ from sharqd_client import (AsyncClient, BadRequest, Client, ConnectionFailed, Du
 from support import RedisServer, free_port
 
 
+# every test here starts sharqd processes
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def server():
     server = start_sharqd()

@@ -27,6 +27,9 @@ from support import shared_redis, unique_prefix
 sharq = pytest.importorskip("sharq", reason="the original SharQ library (requirements-original.txt)")
 
 
+# every test here starts sharqd processes
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def server():
     server = start_sharqd()

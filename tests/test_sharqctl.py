@@ -20,6 +20,9 @@ from sharqd_client.cli import main
 from support import free_port
 
 
+# every test here starts sharqd processes
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def server():
     server = start_sharqd()

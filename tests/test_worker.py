@@ -25,6 +25,9 @@ from support import RedisServer
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# every test here starts sharqd processes
+pytestmark = pytest.mark.slow
+
 @pytest.fixture(scope="module")
 def server():
     server = start_sharqd()
