@@ -20,7 +20,7 @@ import pytest
 from client_support import (CLIENT_ROOT, start_sharqd, stop_quietly, unique_type, url_of,
                             wait_for)
 from sharqd_client import Client, Worker
-from support import RedisServer
+from support import ROOT, RedisServer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -222,3 +222,29 @@ def test_worker_rides_out_a_redis_restart(tmp_path, run_worker):
         client.close()
         stop_quietly(server)
         redis.cleanup()
+
+
+def test_readme_worker_example_runs_as_printed(server):
+    """When the README's worker example runs (with the test sharqd's URL), it
+    handles its three jobs, one a second, and Ctrl-C (SIGINT) stops it
+    cleanly."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    start = readme.index("```python\nfrom sharqd_client import Client, Worker")
+    code = readme[start + len("```python\n"):readme.index("```", start + 10)]
+    assert len(code.strip().splitlines()) <= 10
+    env = dict(os.environ, PYTHONPATH=CLIENT_ROOT, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-c", code.replace("http://127.0.0.1:8080", url_of(server))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed = []
+    reader = threading.Thread(target=lambda: printed.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(printed) == 3, timeout=20)
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(20)
+    assert code == 0, process.stderr.read()
+    assert [line.split(" ", 1)[0] for line in printed] == ["sending"] * 3
+    assert "'n': 2" in printed[-1]
