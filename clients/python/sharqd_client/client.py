@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from sharqd_client.errors import (ConnectionFailed, Duplicate, NotFound, ServerError,
-                                  SharqdError, Unavailable, error_for)
+                                  Unavailable, error_for)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 MAX_BATCH = 1000  # jobs per batch enqueue / finish request (the server's limit)

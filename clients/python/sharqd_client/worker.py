@@ -166,7 +166,6 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            asked = time.monotonic()
             try:
                 jobs = await self._http.dequeue(self.queue_type, wait=self.wait,
                                                 count=min(free, MAX_COUNT), lease=self.lease)
@@ -179,8 +178,11 @@ class Worker:
             if failures:
                 log.info("dequeuing `%s` again", self.queue_type)
                 failures = 0
+            # a long-poll answers as soon as it takes the jobs: their leases
+            # start about now (half a lease is the margin for the latency)
+            received = time.monotonic()
             for job in jobs:
-                task = asyncio.create_task(self._work(job, asked))
+                task = asyncio.create_task(self._work(job, received))
                 self._running.add(task)
                 task.add_done_callback(self._done)
 
