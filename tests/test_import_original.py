@@ -182,25 +182,25 @@ def test_killed_import_resumes_exactly_once(server, client, original):
     """When the import process is SIGKILLed midway, running it again moves
     the rest: every job arrives exactly once, in order."""
     qtype = unique_type()
-    pipe_jobs = 1500
-    for i in range(pipe_jobs):
+    total = 1500
+    for i in range(total):
         original.enqueue(qtype, f"q{i % 3}", f"j{i}", {"i": i})
     env = dict(os.environ, PYTHONPATH=CLIENT_ROOT)
     process = subprocess.Popen(
         [sys.executable, "-m", "sharqd_client.cli", "--url", url_of(server),
          "import-original", "--redis", original.url, "--key-prefix", original.prefix,
-         "--batch-size", "10"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--batch-size", "5"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: qtype in client.metrics()["queue_types"], timeout=30)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(10)
     left = sum(original.redis.llen(f"{original.prefix}:{qtype}:q{i}") for i in range(3))
-    assert 0 < left < pipe_jobs  # it did stop midway
+    assert 0 < left < total  # it did stop midway
     result = run_import(server, original, "--json")
     assert result.exit_code == 0, result.output
     got = drain(client, qtype)
-    assert got == {f"q{r}": [(f"j{i}", {"i": i}, -1) for i in range(r, pipe_jobs, 3)]
+    assert got == {f"q{r}": [(f"j{i}", {"i": i}, -1) for i in range(r, total, 3)]
                    for r in range(3)}
     assert original.keys() == []
 

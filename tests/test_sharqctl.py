@@ -76,8 +76,7 @@ def test_enqueue_and_look(ctl, client):
     assert qtype in ctl("types").output
 
     queues = as_json(ctl("--json", "queues", qtype))
-    assert [q["queue_id"] for q in queues][:2] == ["u2", "u1"] or \
-        queues[0]["queue_id"] == "u2"
+    assert queues[0]["queue_id"] == "u2"  # the most pending jobs
     table = ctl("queues", qtype, "--sort", "queue_id").output
     assert table.index("u1") < table.index("u2")
 

@@ -132,18 +132,19 @@ def test_failed_job_comes_back_and_is_logged_once(client, run_worker, caplog):
 
 
 def test_slow_handler_keeps_its_lease(client, run_worker):
-    """When a handler runs for 5 times its 400 ms lease, the worker touches
-    the job: no other worker gets it meanwhile, and it is finished once."""
+    """When a handler runs for 3 times its 1 s lease, the worker touches the
+    job (each 0.5 s): no other worker gets it meanwhile, and it is finished
+    once."""
     qtype = unique_type()
     enqueue(client, qtype, ["slow"])
     starts = Counter()
 
     def handle(job):
         starts[job.job_id] += 1
-        threading.Event().wait(2.0)
+        threading.Event().wait(3.0)
 
-    worker = run_worker(client, qtype, handle, lease=400)
-    other = run_worker(client, qtype, lambda job: starts.update([job.job_id]), lease=400)
+    worker = run_worker(client, qtype, handle, lease=1000)
+    other = run_worker(client, qtype, lambda job: starts.update([job.job_id]), lease=1000)
     wait_for(lambda: worker.processed == 1)
     assert starts == Counter({"slow": 1}) and other.processed == 0
     wait_for(lambda: queue_is_empty(client, qtype))
