@@ -323,7 +323,7 @@ class _Api:
         """GET /queues/TYPE/?sort=&limit=: the busiest queues of a type."""
         return self._send_call(_Call("GET", _path("queues", queue_type), idempotent=True,
                                      params={"sort": sort, "limit": limit},
-                                     ok=lambda a: a["queues"]))
+                                     ok=_listing))
 
     def queue(self, queue_type, queue_id):
         """GET /queues/TYPE/QUEUE/: a queue's state and why it is not ready."""
@@ -398,6 +398,13 @@ class _Result:
 
     def __init__(self, value):
         self.value = value
+
+
+def _listing(answer):
+    """The list of a listing answer: its `queues`, else its one list."""
+    if "queues" in answer:
+        return answer["queues"]
+    return next((v for v in answer.values() if isinstance(v, list)), [])
 
 
 def _without_status(answer):
