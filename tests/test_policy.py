@@ -10,7 +10,7 @@ from fractions import Fraction
 
 from twisted.trial.unittest import TestCase
 
-from sharqd.errors import Conflict, NotFound, TypePaused
+from sharqd.errors import BadRequest, Conflict, NotFound, TypePaused
 from sharqd.queue.operations import Policy, Queue
 from support import connected_service, shared_redis, unique_prefix
 
@@ -97,28 +97,28 @@ class Gcra(Base):
         """When a queue has rate 3/s and burst 5, 5 jobs go at once, then one
         each 333.3 ms: the count at each instant of a minute is the GCRA
         formula's, to the millisecond."""
-        await self.q.put_policy("sms", "q1", Policy(rate=3.0, burst=5))
+        await self.q.put_policy("sms", "q1", dict(rate=3.0, burst=5))
         await self.fill("q1", 200)
         self.assertEqual(await self.minute(3, 5, 200), 5 + 180)
 
     async def test_fractional_rate_over_a_minute(self):
         """When a queue has rate 7.5/s and burst 3, the count at each instant
         of a minute matches the formula (no drift over 450 jobs)."""
-        await self.q.put_policy("sms", "q1", Policy(rate=7.5, burst=3))
+        await self.q.put_policy("sms", "q1", dict(rate=7.5, burst=3))
         await self.fill("q1", 500)
         self.assertEqual(await self.minute(Fraction(15, 2), 3, 500), 3 + 450)
 
     async def test_batches_take_only_the_tokens(self):
         """When batches of 50 are dequeued, each takes only the jobs the bucket
         lets go at that instant: the counts are the formula's."""
-        await self.q.put_policy("sms", "q1", Policy(rate=2.0, burst=4))
+        await self.q.put_policy("sms", "q1", dict(rate=2.0, burst=4))
         await self.fill("q1", 150)
         self.assertEqual(await self.minute(2, 4, 150, batch=50), 4 + 120)
 
     async def test_bucket_refills_after_idle(self):
         """When a queue idles for burst / rate seconds, a full burst goes again,
         and no more."""
-        await self.q.put_policy("sms", "q1", Policy(rate=10.0, burst=3))
+        await self.q.put_policy("sms", "q1", dict(rate=10.0, burst=3))
         await self.fill("q1", 10)
         self.assertEqual(len(await self.drain()), 3)
         self.clock.advance_ms(150)  # 1.5 tokens back
@@ -131,7 +131,7 @@ class Gcra(Base):
         both hand out jobs at the same instants."""
         await self.fill("plain", 20, interval=250)
         await self.fill("rated", 20, interval=0)
-        await self.q.put_policy("sms", "rated", Policy(rate=4.0, burst=1))
+        await self.q.put_policy("sms", "rated", dict(rate=4.0, burst=1))
         for _ in range(40):
             got = sorted(job.queue_id for job in await self.drain())
             self.assertIn(got, ([], ["plain", "rated"]))
@@ -141,7 +141,7 @@ class Gcra(Base):
         """When a queue with interval 1000 gets rate 10, its jobs go 100 ms
         apart; dropping the policy brings the interval back."""
         await self.fill("q1", 5, interval=1000)
-        await self.q.put_policy("sms", "q1", Policy(rate=10.0))
+        await self.q.put_policy("sms", "q1", dict(rate=10.0))
         self.assertEqual(len(await self.drain()), 1)
         self.clock.advance_ms(100)
         self.assertEqual(len(await self.drain()), 1)
@@ -154,11 +154,11 @@ class Gcra(Base):
     async def test_policy_and_bucket_outlive_an_empty_queue(self):
         """When a rated queue empties and a job comes back at once, the policy
         is still there and the bucket still spent."""
-        await self.q.put_policy("sms", "q1", Policy(rate=1.0, burst=2))
+        await self.q.put_policy("sms", "q1", dict(rate=1.0, burst=2))
         await self.fill("q1", 2)
         for job in await self.drain():
             await self.q.finish("sms", job.queue_id, job.job_id)
-        self.assertEqual(await self.q.get_policy("sms", "q1"), Policy(1.0, 2, None, False))
+        self.assertEqual(await self.q.get_policy("sms", "q1"), Policy(1.0, 2, None, None))
         await self.fill("q1", 1, prefix="again")
         self.assertEqual(await self.drain(), [])
         self.clock.advance_ms(1000)
@@ -167,7 +167,7 @@ class Gcra(Base):
     async def test_out_of_tokens_queue_waits_with_its_next_token_time(self):
         """When a queue is out of tokens, its ready time is its next token's
         and the long-poll's next_ms says so."""
-        await self.q.put_policy("sms", "q1", Policy(rate=4.0, burst=2))
+        await self.q.put_policy("sms", "q1", dict(rate=4.0, burst=2))
         await self.fill("q1", 5)
         jobs, next_ms = await self.q.dequeue_many("sms", 10)
         self.assertEqual((len(jobs), next_ms), (2, 250))
@@ -178,7 +178,7 @@ class MaxActive(Base):
     async def test_cap_holds_and_finish_frees_a_slot(self):
         """When a queue has max_active 2, a third job waits until one of the
         two is finished, and the capped queue is out of the ready set."""
-        await self.q.put_policy("sms", "q1", Policy(max_active=2))
+        await self.q.put_policy("sms", "q1", dict(max_active=2))
         await self.fill("q1", 5)
         first = await self.drain()
         self.assertEqual(len(first), 2)
@@ -190,7 +190,7 @@ class MaxActive(Base):
     async def test_expiry_frees_a_slot(self):
         """When an active job of a capped queue expires, the requeue pass
         frees its slot: the queue hands out again at once."""
-        await self.q.put_policy("sms", "q1", Policy(max_active=1))
+        await self.q.put_policy("sms", "q1", dict(max_active=1))
         await self.fill("q1", 3)
         self.assertEqual([j.job_id for j in await self.drain()], ["j0"])
         self.clock.advance_ms(1001)
@@ -200,7 +200,7 @@ class MaxActive(Base):
     async def test_dead_letter_frees_a_slot(self):
         """When an active job of a capped queue expires with its budget spent,
         its slot is free for the next job."""
-        await self.q.put_policy("sms", "q1", Policy(max_active=1))
+        await self.q.put_policy("sms", "q1", dict(max_active=1))
         await self.q.enqueue("sms", "q1", "once", 0, b"{}", 0)
         await self.fill("q1", 1)
         self.assertEqual([j.job_id for j in await self.drain()], ["once"])
@@ -211,14 +211,14 @@ class MaxActive(Base):
     async def test_batch_takes_no_more_than_the_cap(self):
         """When a batch of 10 is asked from a queue with max_active 3 and
         rate 100 burst 5, it gets 3."""
-        await self.q.put_policy("sms", "q1", Policy(rate=100.0, burst=5, max_active=3))
+        await self.q.put_policy("sms", "q1", dict(rate=100.0, burst=5, max_active=3))
         await self.fill("q1", 10)
         jobs, _ = await self.q.dequeue_many("sms", 10)
         self.assertEqual(len(jobs), 3)
 
     async def test_other_queues_are_not_held(self):
         """When one queue is at its cap, the other queues of the type still go."""
-        await self.q.put_policy("sms", "q1", Policy(max_active=1))
+        await self.q.put_policy("sms", "q1", dict(max_active=1))
         await self.fill("q1", 3)
         await self.fill("q2", 3)
         jobs, _ = await self.q.dequeue_many("sms", 10)
@@ -231,11 +231,11 @@ class Pause(Base):
         """When a queue is paused, nothing of it goes and enqueues still
         work; unpausing lets its jobs go in order."""
         await self.fill("q1", 2)
-        await self.q.put_policy("sms", "q1", Policy(paused=True))
+        await self.q.put_policy("sms", "q1", dict(paused=True))
         self.assertFalse(await self.in_ready_set("q1"))
         self.assertEqual(await self.q.enqueue("sms", "q1", "late", 0, b"{}", -1), 3)
         self.assertEqual(await self.drain(), [])
-        await self.q.put_policy("sms", "q1", Policy(paused=False))
+        await self.q.put_policy("sms", "q1", dict(paused=False))
         self.assertEqual([j.job_id for j in await self.drain()], ["j0", "j1", "late"])
 
     async def test_paused_type_answers_paused(self):
@@ -260,20 +260,46 @@ class TypeDefaults(Base):
 
     async def test_type_default_applies_to_queues_without_their_own(self):
         """When the type has a default max_active 1, it holds a queue without
-        a policy; a queue with its own (empty) policy is not held."""
-        await self.q.put_policy("sms", None, Policy(max_active=1))
-        await self.q.put_policy("sms", "own", Policy())
-        await self.fill("plain", 3)
-        await self.fill("own", 3)
+        a policy; a queue with its own max_active 3 takes 3."""
+        await self.q.put_policy("sms", None, dict(max_active=1))
+        await self.q.put_policy("sms", "own", dict(max_active=3))
+        await self.fill("plain", 5)
+        await self.fill("own", 5)
         jobs, _ = await self.q.dequeue_many("sms", 10)
         self.assertEqual(sorted(j.queue_id for j in jobs), ["own"] * 3 + ["plain"])
+
+    async def test_queue_fields_override_the_default_field_by_field(self):
+        """When a queue following a rated type default is paused on its own,
+        it keeps the type's rate once unpaused; a null removes a field."""
+        await self.q.put_policy("sms", None, dict(rate=1.0, burst=2))
+        await self.fill("q1", 5)
+        self.assertEqual(await self.q.put_policy("sms", "q1", dict(paused=True)),
+                         Policy(None, None, None, True))
+        self.assertEqual(await self.drain(), [])
+        self.assertEqual(await self.q.put_policy("sms", "q1", dict(max_active=9)),
+                         Policy(None, None, 9, True))
+        await self.q.put_policy("sms", "q1", dict(paused=None))
+        e = await self.q.explain("sms", "q1")
+        self.assertEqual((e.source, e.sources), ("queue", {
+            "rate": "type", "max_active": "queue", "paused": None}))
+        self.assertEqual(len(await self.drain()), 2)  # the type's burst
+        self.clock.advance_ms(1000)
+        self.assertEqual(len(await self.drain()), 1)
+
+    async def test_burst_without_rate_changes_nothing(self):
+        """When a change would leave a burst without a rate, it is refused
+        (400) and the policy stays."""
+        await self.q.put_policy("sms", "q1", dict(rate=2.0, burst=3))
+        with self.assertRaises(BadRequest):
+            await self.q.put_policy("sms", "q1", dict(rate=None))
+        self.assertEqual(await self.q.get_policy("sms", "q1"), Policy(2.0, 3, None, None))
 
     async def test_changing_the_default_moves_waiting_queues(self):
         """When the type's default changes while queues wait, they follow it
         at once: paused ones stop, unpaused ones go."""
         await self.fill("a", 2)
         await self.fill("b", 2)
-        await self.q.put_policy("sms", None, Policy(paused=True))
+        await self.q.put_policy("sms", None, dict(paused=True))
         self.assertFalse(await self.in_ready_set("a"))
         self.assertEqual(await self.drain(), [])
         self.assertTrue(await self.q.delete_policy("sms"))
@@ -306,12 +332,12 @@ class Explain(Base):
         self.assertEqual(await self.reason(), "interval")
         e = await self.q.explain("sms", "q1")
         self.assertEqual((e.next_ready_at, e.tokens, e.source), (START_MS + 1000, 0, "interval"))
-        await self.q.put_policy("sms", "q1", Policy(rate=2.0, burst=1))
+        await self.q.put_policy("sms", "q1", dict(rate=2.0, burst=1))
         self.assertEqual(await self.reason(), "rate")
         self.assertEqual((await self.q.explain("sms", "q1")).next_ready_at, START_MS + 500)
-        await self.q.put_policy("sms", "q1", Policy(max_active=1))
+        await self.q.put_policy("sms", "q1", dict(max_active=1))
         self.assertEqual(await self.reason(), "max_active")
-        await self.q.put_policy("sms", "q1", Policy(paused=True))
+        await self.q.put_policy("sms", "q1", dict(paused=True))
         self.assertEqual(await self.reason(), "paused")
         await self.q.pause_type("sms")
         self.assertEqual(await self.reason(), "type_paused")
@@ -319,7 +345,7 @@ class Explain(Base):
     async def test_tokens_policy_and_source(self):
         """When a queue follows the type default, explain names it, its
         counts and the tokens left in its bucket."""
-        await self.q.put_policy("sms", None, Policy(rate=1.0, burst=4, max_active=10))
+        await self.q.put_policy("sms", None, dict(rate=1.0, burst=4, max_active=10))
         await self.fill("q1", 5)
         await self.q.dequeue("sms")
         e = await self.q.explain("sms", "q1")

@@ -49,22 +49,29 @@ class PolicyRoutes(TestCase):
         DELETE drops it: GET is then 404 with where to look."""
         status, body = await self.call("PUT", "/policy/sms/q1/", {"rate": 4, "max_active": 2})
         self.assertEqual((status, body["policy"]), (200, {
-            "rate": 4.0, "burst": 1, "max_active": 2, "paused": False}))
+            "rate": 4.0, "burst": 1, "max_active": 2, "paused": None}))
         self.assertEqual(await self.call("GET", "/policy/sms/q1/"), (200, {
             "status": "success",
-            "policy": {"rate": 4.0, "burst": 1, "max_active": 2, "paused": False}}))
+            "policy": {"rate": 4.0, "burst": 1, "max_active": 2, "paused": None}}))
         self.assertEqual((await self.call("DELETE", "/policy/sms/q1/"))[0], 200)
         status, body = await self.call("GET", "/policy/sms/q1/")
         self.assertEqual(status, 404)
         self.assertIn("/queues/sms/q1/", body["message"])
         self.assertEqual((await self.call("DELETE", "/policy/sms/q1/"))[0], 404)
 
-    async def test_put_replaces_the_whole_policy(self):
-        """When a policy is put again, the fields it does not give are gone."""
+    async def test_put_changes_the_fields_given(self):
+        """When a policy is put again, the fields it gives change, a null
+        removes one, and the others stay."""
         await self.call("PUT", "/policy/sms/q1/", {"rate": 4, "burst": 3, "max_active": 2})
-        await self.call("PUT", "/policy/sms/q1/", {"paused": True})
-        self.assertEqual((await self.call("GET", "/policy/sms/q1/"))[1]["policy"], {
-            "rate": None, "burst": None, "max_active": None, "paused": True})
+        status, body = await self.call("PUT", "/policy/sms/q1/",
+                                       {"paused": True, "max_active": None})
+        self.assertEqual((status, body["policy"]), (200, {
+            "rate": 4.0, "burst": 3, "max_active": None, "paused": True}))
+        self.assertEqual((await self.call("GET", "/policy/sms/q1/"))[1]["policy"],
+                         body["policy"])
+        status, body = await self.call("PUT", "/policy/sms/q1/", {"rate": None})
+        self.assertEqual(status, 400)
+        self.assertIn("`burst` needs a `rate`", body["message"])
 
     async def test_type_default_policy(self):
         """When a type default is put, GET /policy/<type>/ answers it and a
@@ -88,6 +95,7 @@ class PolicyRoutes(TestCase):
                            ({"rate": "3"}, "rate"), ({"rate": True}, "rate"),
                            ({"rate": 1e7}, "rate"), ({"rate": 1, "burst": 0}, "burst"),
                            ({"rate": 1, "burst": 1.5}, "burst"), ({"burst": 2}, "burst"),
+                           ({"max_active": 3, "burst": 2}, "burst"),
                            ({"max_active": 0}, "max_active"), ({"max_active": "2"}, "max_active"),
                            ({"paused": "yes"}, "paused"), ({"paused": 1}, "paused")]:
             for path in ("/policy/sms/q1/", "/policy/sms/"):
@@ -178,6 +186,7 @@ class PolicyRoutes(TestCase):
             "policy": {"rate": 2.0, "burst": 2, "max_active": None, "paused": False,
                        "interval": 1000},
             "policy_source": "queue", "limited_by": "rate", "type_paused": False,
+            "policy_sources": {"rate": "queue", "max_active": None, "paused": None},
             "tokens": 0, "ready": False, "reason": "rate",
             "next_ready_at": now + 500, "now": now}))
 

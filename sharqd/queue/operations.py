@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import NamedTuple, Optional
 
-from sharqd.errors import Conflict, NotFound, QueueFull, TypePaused
+from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
 from sharqd.redis.scripts import Script
 
 _LUA = resources.files("sharqd.queue.lua")
@@ -111,25 +111,33 @@ class Policy:
     max_active: Optional[int] = None
     paused: Optional[bool] = None
 
-    def as_args(self):
-        """The policy script's arguments: "" where not set."""
-        def text(value):
-            if value is None:
-                return b""
-            if isinstance(value, bool):
-                return b"1" if value else b"0"
-            return repr(value).encode()
-        return [text(self.rate), text(self.burst), text(self.max_active), text(self.paused)]
-
     def as_dict(self):
         return {"rate": self.rate, "burst": self.burst, "max_active": self.max_active,
-                "paused": bool(self.paused)}
+                "paused": self.paused}
 
     @classmethod
     def from_reply(cls, reply):
         rate, burst, max_active, paused = (value.decode() for value in reply)
         return cls(float(rate) if rate else None, int(burst) if burst else None,
-                   int(max_active) if max_active else None, paused == "1")
+                   int(max_active) if max_active else None,
+                   {"1": True, "0": False}.get(paused))
+
+
+POLICY_FIELDS = ("rate", "burst", "max_active", "paused")
+
+
+def _policy_args(changes):
+    """The put script's arguments: "" for a field not given, "-" for null."""
+    def text(name):
+        if name not in changes:
+            return b""
+        value = changes[name]
+        if value is None:
+            return b"-"
+        if isinstance(value, bool):
+            return b"1" if value else b"0"
+        return repr(value).encode()
+    return [text(name) for name in POLICY_FIELDS]
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,7 @@ class Explanation:
     next_ready_at: Optional[int]  # epoch ms; None while held (paused, at its cap)
     reason: Optional[str]         # None when a job would go now
     now: int
+    sources: dict = None  # rate, max_active, paused -> "queue" | "type" | None
 
 
 def _bytes(value):
@@ -311,11 +320,18 @@ class Queue:
         reply = await self._run("policy", queue_type, b"get", queue_id or b"")
         return None if reply is None else Policy.from_reply(reply)
 
-    async def put_policy(self, queue_type, queue_id, policy):
-        """Replace a queue's (or the type's default) policy; it applies at once."""
-        await self._run("policy", queue_type, b"put", queue_id or b"", *policy.as_args())
+    async def put_policy(self, queue_type, queue_id, changes):
+        """Change a queue's (or, queue_id None, the type's default) policy:
+        changes maps fields to new values, None removing one; the others
+        are kept.  It applies at once.  Returns the Policy stored."""
+        reply = await self._run("policy", queue_type, b"put", queue_id or b"",
+                                *_policy_args(changes))
+        if reply == -1:
+            raise BadRequest("`burst` needs a `rate`: give both (an `interval` alone "
+                             "is a burst of 1).")
         if queue_id is None:
             await self._sweep(queue_type)
+        return Policy.from_reply(reply)
 
     async def delete_policy(self, queue_type, queue_id=None):
         """Drop a policy; False when there was none."""
@@ -343,13 +359,15 @@ class Queue:
     async def explain(self, queue_type, queue_id):
         """An Explanation of the queue, from one script call."""
         (pending, active, source, rate, burst, max_active, paused, interval,
-         type_paused, tokens, next_at, reason, now) = await self._run(
+         type_paused, tokens, next_at, reason, now, *sources) = await self._run(
             "explain", queue_type, queue_id)
         policy = Policy.from_reply([_bytes(rate), _bytes(burst), _bytes(max_active), paused])
         return Explanation(int(pending), int(active), source.decode(), policy, int(interval),
                            type_paused == b"1", int(tokens),
                            None if next_at == -1 else int(next_at),
-                           reason.decode() or None, int(now))
+                           reason.decode() or None, int(now),
+                           {name: source.decode() or None for name, source in
+                            zip(("rate", "max_active", "paused"), sources)})
 
     async def dead_letters(self, queue_type, offset=0, limit=100):
         """(total, [entry JSON bytes, ...]) newest first."""

@@ -299,8 +299,8 @@ class Api:
         validation.identifier("queue_type", queue_type)
         if queue_id is not None:
             validation.identifier("queue_id", queue_id)
-        policy = validation.policy_fields(validation.json_body(request.content.read()))
-        await self.queue.put_policy(queue_type, queue_id, policy)
+        changes = validation.policy_fields(validation.json_body(request.content.read()))
+        policy = await self.queue.put_policy(queue_type, queue_id, changes)
         return answer(request, 200, {"status": "success", "policy": _policy_json(policy)})
 
     @app.route("/policy/<queue_type>/<queue_id>/", methods=["GET"])
@@ -355,7 +355,7 @@ class Api:
         return answer(request, 200, {
             "status": "success", "queue_type": queue_type, "queue_id": queue_id,
             "pending": e.pending, "active": e.active,
-            "policy": policy, "policy_source": e.source,
+            "policy": policy, "policy_source": e.source, "policy_sources": e.sources,
             "limited_by": "rate" if e.policy.rate is not None else "interval",
             "type_paused": e.type_paused, "tokens": e.tokens,
             "ready": e.reason is None, "reason": e.reason,

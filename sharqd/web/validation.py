@@ -8,7 +8,7 @@ import json.encoder
 import re
 
 from sharqd.errors import BadRequest
-from sharqd.queue.operations import BatchJob, Policy
+from sharqd.queue.operations import POLICY_FIELDS, BatchJob
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -250,7 +250,6 @@ def finish_lease_id(args, raw):
     return lease_id_field(body)
 
 
-POLICY_FIELDS = ("rate", "burst", "max_active", "paused")
 MIN_RATE, MAX_RATE = 0.000001, 1_000_000
 MAX_BURST = 1_000_000
 MAX_ACTIVE = 10**9
@@ -261,7 +260,8 @@ def _number(value):
 
 
 def policy_fields(body):
-    """The Policy of a PUT /policy/... body; null counts as not given."""
+    """The changes of a PUT /policy/... body: the fields given, None for a
+    null (which removes the field)."""
     for name in body:
         if name not in POLICY_FIELDS:
             raise BadRequest(f"`{name}` is not a policy field; give any of `rate`, "
@@ -271,17 +271,16 @@ def policy_fields(body):
     if rate is not None and not (_number(rate) and MIN_RATE <= rate <= MAX_RATE):
         raise BadRequest(f"`rate` has an invalid value: give jobs per second, a number "
                          f"from {MIN_RATE:g} to {MAX_RATE}.")
-    if burst is not None:
-        if type(burst) is not int or not 1 <= burst <= MAX_BURST:
-            raise BadRequest(f"`burst` has an invalid value: give a whole number from "
-                             f"1 to {MAX_BURST}.")
-        if rate is None:
-            raise BadRequest("`burst` needs a `rate`: give both (an `interval` alone "
-                             "is a burst of 1).")
+    if burst is not None and (type(burst) is not int or not 1 <= burst <= MAX_BURST):
+        raise BadRequest(f"`burst` has an invalid value: give a whole number from "
+                         f"1 to {MAX_BURST}.")
     if max_active is not None and (type(max_active) is not int
                                    or not 1 <= max_active <= MAX_ACTIVE):
         raise BadRequest(f"`max_active` has an invalid value: give a whole number from "
                          f"1 to {MAX_ACTIVE}.")
     if paused is not None and not isinstance(paused, bool):
         raise BadRequest("`paused` has an invalid value: give true or false.")
-    return Policy(None if rate is None else float(rate), burst, max_active, paused)
+    changes = dict(body)
+    if rate is not None:
+        changes["rate"] = float(rate)
+    return changes

@@ -94,7 +94,7 @@ local EPS = 1e-6
 local function as_policy(f, i, source)
   return {source = source, rate = tonumber(f[i + 1]), rate_text = f[i + 1],
           burst = tonumber(f[i + 2]) or 1, max_active = tonumber(f[i + 3]),
-          paused = f[i + 4] == '1'}
+          paused = f[i + 4] == '1', paused_set = f[i + 4] ~= false}
 end
 
 local TYPE_POLICY  -- read once per call
@@ -118,11 +118,19 @@ local function read_meta(qid)
           own = m[9] and as_policy(m, 9, 'queue')}
 end
 
--- The policy in force for a queue (m from read_meta): its own, else its
--- type's default, else the plain interval (source 'queue', 'type' or
--- 'interval').
+-- The policy in force for a queue (m from read_meta), field by field: the
+-- queue's own, else its type's default (rate and burst go together); a
+-- field set in neither has no effect (the interval spaces the queue).
+-- source: 'queue' when the queue has a policy of its own, else 'type' when
+-- the type has a default, else 'interval'.
 local function policy(m)
-  return m.own or type_policy()
+  local own, t = m.own, type_policy()
+  if not own then return t end
+  local p = {source = 'queue', rate = t.rate, rate_text = t.rate_text, burst = t.burst,
+             max_active = own.max_active or t.max_active, paused = t.paused}
+  if own.rate then p.rate, p.rate_text, p.burst = own.rate, own.rate_text, own.burst end
+  if own.paused_set then p.paused = own.paused end
+  return p
 end
 
 -- GCRA state: the theoretical arrival time (TAT) is anchor + n * 1000 / rate,
