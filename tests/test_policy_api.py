@@ -48,11 +48,9 @@ class PolicyRoutes(TestCase):
         """When a policy is put, GET answers it (burst 1 when not given) and
         DELETE drops it: GET is then 404 with where to look."""
         status, body = await self.call("PUT", "/policy/sms/q1/", {"rate": 4, "max_active": 2})
-        self.assertEqual((status, body["policy"]), (200, {
-            "rate": 4.0, "burst": 1, "max_active": 2, "paused": None}))
-        self.assertEqual(await self.call("GET", "/policy/sms/q1/"), (200, {
-            "status": "success",
-            "policy": {"rate": 4.0, "burst": 1, "max_active": 2, "paused": None}}))
+        self.assertEqual((status, body), (200, {
+            "status": "success", "rate": 4.0, "burst": 1, "max_active": 2, "paused": None}))
+        self.assertEqual(await self.call("GET", "/policy/sms/q1/"), (200, body))
         self.assertEqual((await self.call("DELETE", "/policy/sms/q1/"))[0], 200)
         status, body = await self.call("GET", "/policy/sms/q1/")
         self.assertEqual(status, 404)
@@ -65,10 +63,10 @@ class PolicyRoutes(TestCase):
         await self.call("PUT", "/policy/sms/q1/", {"rate": 4, "burst": 3, "max_active": 2})
         status, body = await self.call("PUT", "/policy/sms/q1/",
                                        {"paused": True, "max_active": None})
-        self.assertEqual((status, body["policy"]), (200, {
-            "rate": 4.0, "burst": 3, "max_active": None, "paused": True}))
-        self.assertEqual((await self.call("GET", "/policy/sms/q1/"))[1]["policy"],
-                         body["policy"])
+        self.assertEqual((status, body), (200, {
+            "status": "success", "rate": 4.0, "burst": 3, "max_active": None,
+            "paused": True}))
+        self.assertEqual((await self.call("GET", "/policy/sms/q1/"))[1], body)
         status, body = await self.call("PUT", "/policy/sms/q1/", {"rate": None})
         self.assertEqual(status, 400)
         self.assertIn("`burst` needs a `rate`", body["message"])
@@ -77,7 +75,7 @@ class PolicyRoutes(TestCase):
         """When a type default is put, GET /policy/<type>/ answers it and a
         queue without its own follows it (explain names the source)."""
         self.assertEqual((await self.call("PUT", "/policy/sms/", {"max_active": 1}))[0], 200)
-        self.assertEqual((await self.call("GET", "/policy/sms/"))[1]["policy"]["max_active"], 1)
+        self.assertEqual((await self.call("GET", "/policy/sms/"))[1]["max_active"], 1)
         await self.put("q1", "a")
         await self.put("q1", "b")
         self.assertEqual((await self.call("GET", "/dequeue/sms/?count=5"))[0], 200)
@@ -105,7 +103,7 @@ class PolicyRoutes(TestCase):
         self.assertEqual((await self.call("PUT", "/policy/sms/q1/", b"[1]"))[0], 400)
         self.assertEqual((await self.call("PUT", "/policy/sms/q1/", b"{"))[0], 400)
         self.assertEqual((await self.call("PUT", "/policy/sm s/q1/", {}))[0], 400)
-        self.assertEqual((await self.call("GET", "/policy/sms/q1/"))[1]["policy"]["max_active"], 5)
+        self.assertEqual((await self.call("GET", "/policy/sms/q1/"))[1]["max_active"], 5)
         self.assertEqual((await self.call("GET", "/policy/sms/"))[0], 404)
 
     # ---- pause / resume

@@ -301,7 +301,7 @@ class Api:
             validation.identifier("queue_id", queue_id)
         changes = validation.policy_fields(validation.json_body(request.content.read()))
         policy = await self.queue.put_policy(queue_type, queue_id, changes)
-        return answer(request, 200, {"status": "success", "policy": _policy_json(policy)})
+        return answer(request, 200, {"status": "success", **_policy_json(policy)})
 
     @app.route("/policy/<queue_type>/<queue_id>/", methods=["GET"])
     async def get_policy(self, request, queue_type, queue_id=None):
@@ -311,7 +311,7 @@ class Api:
         policy = await self.queue.get_policy(queue_type, queue_id)
         if policy is None:
             raise _no_policy(queue_type, queue_id)
-        return answer(request, 200, {"status": "success", "policy": _policy_json(policy)})
+        return answer(request, 200, {"status": "success", **_policy_json(policy)})
 
     @app.route("/policy/<queue_type>/<queue_id>/", methods=["DELETE"])
     async def delete_policy(self, request, queue_type, queue_id=None):
