@@ -237,10 +237,10 @@ local function expire_meta(qid, m)
     end
     return
   end
+  local pol = policy(m)
   local hold = m.last + m.interval
-  if m.own and m.own.rate then hold = gcra_ready(m, m.own) end
-  if not m.own and type_policy().rate then hold = gcra_ready(m, type_policy()) end
-  redis.call('HDEL', meta, 'override', 'since')
+  if pol.rate then hold = gcra_ready(m, pol) end
+  redis.call('HDEL', meta, 'override', 'since', 'held')
   redis.call('HSET', meta, 'hold', hold)
   if m.own then return end
   local keep = math.max(hold - NOW, KEEP_LAST_MS)
