@@ -123,7 +123,6 @@ class Link(Factory):
         self.on_message = on_message
         self.connection = None  # the current one, up or in its handshake
         self.failed = 0  # connections in a row lost before their handshake completed
-        self.complaint = None  # the last problem logged, so it is logged once
         self.service = ClientService(owner.endpoint(), self, retryPolicy=self._delay,
                                      clock=owner.reactor)
 
@@ -146,16 +145,16 @@ class Link(Factory):
         self.failed += 1  # until the handshake completes
         replies = [connection.send(command) for command in self.handshake]
         d = gatherResults(replies, consumeErrors=True)
-        d.addCallbacks(self._ready, self._refused,
+        d.addCallbacks(self._handshake_done, self._handshake_failed,
                        callbackArgs=(connection,), errbackArgs=(connection,))
 
-    def _ready(self, _, connection):
+    def _handshake_done(self, _, connection):
         if connection is self.connection and self.owner.running:
             self.failed = 0
-            self.complaint = None
+            self.owner.complaint = None
             self.owner.up(connection)
 
-    def _refused(self, failure, connection):
+    def _handshake_failed(self, failure, connection):
         if isinstance(failure.value, FirstError):
             failure = failure.value.subFailure
         if failure.check(txredisapi.ConnectionError):
@@ -168,12 +167,8 @@ class Link(Factory):
         self.owner.down(connection)
 
     def drop(self, connection, problem):
-        """Close a connection that cannot be used; logged once per problem
-        until a connection is up again."""
-        if problem != self.complaint:
-            self.complaint = problem
-            self.owner.log.warn("Redis at {where} {problem}; reconnecting",
-                                where=self.owner.describe(), problem=problem)
+        """Close a connection that cannot be used."""
+        self.owner.complain(problem)
         self.owner.down(connection)
         connection.transport.abortConnection()
 
@@ -207,6 +202,7 @@ class _Connections(Service):
         self.reactor = reactor
         self.keepalive = keepalive
         self.links = []
+        self.complaint = None  # the last problem logged, until a connection is up
         self._watchdog = LoopingCall(self._check)
         self._watchdog.clock = reactor
 
@@ -231,6 +227,13 @@ class _Connections(Service):
         if c.db:
             commands.append(encode_command((b"SELECT", c.db)))
         return commands
+
+    def complain(self, problem):
+        """Log a problem once, not once per connection and attempt."""
+        if problem != self.complaint:
+            self.complaint = problem
+            self.log.warn("Redis at {where} {problem}; reconnecting",
+                          where=self.describe(), problem=problem)
 
     def startService(self):
         super().startService()
