@@ -11,6 +11,7 @@ then a real redis-server takes the port over.
 
 import time
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -18,6 +19,8 @@ from twisted.trial.unittest import TestCase
 from sharqd.config import RedisSection
 from sharqd.redis.connection import RedisService
 from support import Recorder, RedisServer, SilentListener, ready_subscription, wait_until
+
+pytestmark = pytest.mark.slow
 
 TIMEOUT = 0.5  # [redis] timeout of the services under test
 
