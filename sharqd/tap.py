@@ -15,9 +15,9 @@ from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.gunicorn_config import load as load_with_gunicorn
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
-from sharqd.redis.pubsub import NotifyService
+from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
-from sharqd.redis.connection import RedisService
+from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
@@ -120,8 +120,9 @@ def makeService(options, reactor=None):
                   dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     waiters = Waiters(queue, reactor)
-    NotifyService(config.redis, config.redis.key_prefix, waiters,
-                  reactor=reactor).setServiceParent(top)
+    prefix = config.redis.key_prefix
+    Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
+                 waiters.subscribed, reactor=reactor).setServiceParent(top)
 
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
     site = SharqSite(api.resource(), config.server.max_request_size,
