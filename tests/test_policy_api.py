@@ -4,31 +4,20 @@ policy") through StubTreq, over a real Queue, waiters and notifications on a
 real redis-server.
 """
 
-
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
-from treq.testing import StubTreq
 
-from sharqd.redis.pubsub import NotifyService
-from sharqd.queue.waiters import Waiters
-from sharqd.web.app import Api
-from support import make_queue, shared_redis, wait_until
 import test_api_extensions
+from support import wait_until
 
 
 class PolicyRoutes(TestCase):
 
-    async def setUp(self):
-        self.q, self.clock = await make_queue(self, expire_ms=1000)
-        self.waiters = Waiters(self.q, reactor)
-        notify = NotifyService(shared_redis().section(), self.q.prefix, self.waiters)
-        notify.startService()
-        self.addCleanup(notify.stopService)
-        await wait_until(lambda: self.waiters.live)
-        self.stub = StubTreq(Api(self.q, -1, self.waiters).resource())
-
+    # the same harness as the API extensions' tests: a real Queue, waiters
+    # and their ready-channel subscription on the shared redis-server
+    setUp = test_api_extensions.ApiExtensions.setUp
     _pump = test_api_extensions.ApiExtensions._pump
     call = test_api_extensions.ApiExtensions.call
     put = test_api_extensions.ApiExtensions.put
