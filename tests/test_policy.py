@@ -164,6 +164,21 @@ class Gcra(Base):
         self.clock.advance_ms(1000)
         self.assertEqual(len(await self.drain()), 1)
 
+    async def test_policy_set_before_the_queue_exists(self):
+        """When a policy is put for a queue that does not exist yet, it holds
+        from its first job on; dropping it leaves no key behind."""
+        meta = f"{self.q.prefix}:{{sms}}:meta:q1"
+        await self.q.put_policy("sms", "q1", dict(max_active=1))
+        await self.fill("q1", 2)
+        self.assertEqual(len(await self.drain()), 1)
+        await self.q.delete_queue("sms", "q1", purge_all=True)
+        self.assertEqual(await self.q.execute(b"TTL", meta), -1)  # kept: it has a policy
+        self.assertTrue(await self.q.delete_policy("sms", "q1"))
+        self.assertGreater(await self.q.execute(b"TTL", meta), 0)  # R1's last dequeue only
+        await self.q.put_policy("sms", "never", dict(paused=True))
+        await self.q.delete_policy("sms", "never")
+        self.assertEqual(await self.q.execute(b"EXISTS", f"{self.q.prefix}:{{sms}}:meta:never"), 0)
+
     async def test_out_of_tokens_queue_waits_with_its_next_token_time(self):
         """When a queue is out of tokens, its ready time is its next token's
         and the long-poll's next_ms says so."""
