@@ -19,6 +19,7 @@ from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToLogStr
 from twisted.web.server import Request, Site
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
+messages = Logger()  # sharqd's own (Site.log writes the access log)
 JSON = b"application/json"
 
 
@@ -78,17 +79,18 @@ class SharqRequest(Request):
 
     def process(self):
         self.gone = False  # the client hung up before its answer
-        self.notifyFinish().addBoth(self._ended)
-        self.channel.site.request_started()
+        site = self.channel.site  # the channel is gone when the request ends
+        site.request_started()
+        self.notifyFinish().addBoth(self._ended, site)
         problem = self._unservable()
         if problem is not None:
             self.answer_failure(400, problem)
             return
         super().process()
 
-    def _ended(self, result):
+    def _ended(self, result, site):
         self.gone = isinstance(result, Failure)
-        self.channel.site.request_ended()
+        site.request_ended()
 
     def _unservable(self):
         """Why the routes cannot serve this request, or None.  Klein and
@@ -185,6 +187,9 @@ class _JSONBadRequestFactory(WrappingFactory):
     protocol = _JSONBadRequest
     noisy = False
 
+    def logPrefix(self):
+        return self.wrappedFactory.logPrefix()
+
 
 class SharqSite(Site):
     requestFactory = SharqRequest
@@ -252,6 +257,7 @@ class SharqSite(Site):
         if self.access_log is not None:
             self.access_log.close()
             self._open_log()
+            messages.info("Reopened the access log {path}", path=self.access_log_path)
 
     def log(self, request):
         if self.access_log is None:
