@@ -119,7 +119,7 @@ class HangUpTests(TestCase):
 
     async def serve(self, queue):
         site = SharqSite(Api(queue).resource(), 1 << 20)
-        port = reactor.listenTCP(0, site.listening_factory(), interface="127.0.0.1")
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port, site
 

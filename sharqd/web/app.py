@@ -3,9 +3,9 @@ The HTTP API of the SharQ Server as a Klein app: parse, call the queue,
 answer JSON.  No Redis here.
 """
 
+import inspect
 import json
 import re
-from functools import partial
 
 from klein import Klein
 from twisted.internet.defer import ensureDeferred, fail
@@ -371,37 +371,50 @@ class _HotPath(Resource):
         self.api = api
         self.klein = klein_resource
         bound = api.app  # the Klein app bound to this Api
-        self.routes = {key: (partial(bound.execute_endpoint, endpoint), names)
+        self.routes = {key: _handler(api, bound, endpoint, names)
                        for key, (endpoint, names) in hot_routes(bound).items()}
 
     def render(self, request):
         path = request.path
         parts = path.split(b"/")
-        route = self.routes.get((request.method, parts[1], len(parts)))
+        handler = self.routes.get((request.method, parts[1], len(parts)))
         values = parts[2:-1]
-        if route is None or parts[-1] or not all(values) or b"%" in path \
+        if handler is None or parts[-1] or not all(values) or b"%" in path \
                 or not path.isascii():
             return self.klein.render(request)
-        handler, names = route
         try:
-            d = handler(request, **{name: value.decode()
-                                    for name, value in zip(names, values)})
+            d = handler(request, *[value.decode() for value in values])
         except Exception:
             d = fail()
         finished = request.notifyFinish()
         # the client hanging up cancels the work done for it, as Klein does
-        finished.addErrback(lambda _: d.cancel())
-        d.addErrback(self._failed, request, finished)
-        d.addCallback(_write, request, finished)
+        finished.addErrback(_cancel, d)
+        d.addCallbacks(_write, self._failed, (request, finished), None,
+                       (request, finished))
         return NOT_DONE_YET
 
     def _failed(self, failure, request, finished):
-        if finished.called:  # the client is gone: nobody to tell
-            return None
-        return self.api.error(request, failure)
+        if not finished.called:  # else the client is gone: nobody to tell
+            _write(self.api.error(request, failure), request, finished)
+
+
+def _handler(api, app, endpoint, names):
+    """The route function of a hot endpoint, bound to the Api, to be called
+    with the path variables in order (Klein's own call goes through two
+    wrappers and keyword arguments)."""
+    function = inspect.unwrap(app.endpoints[endpoint])  # as written in Api
+    parameters = tuple(inspect.signature(function).parameters)[2:]  # self, request
+    if parameters != names:
+        raise ValueError(f"hot route {endpoint}: its parameters {parameters} must "
+                         f"be the path variables {names}, in order")
+    return function.__get__(api)
+
+
+def _cancel(reason, d):
+    d.cancel()
 
 
 def _write(body, request, finished):
-    if body is not None and not finished.called:
+    if not finished.called:
         request.write(body)
         request.finish()

@@ -13,10 +13,9 @@ from urllib.parse import unquote_to_bytes
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToLogString
 from twisted.web.server import Request, Site
+from zope.interface import directlyProvides, providedBy
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
 messages = Logger()  # sharqd's own (Site.log writes the access log)
@@ -50,6 +49,8 @@ class SharqRequest(Request):
     log = Logger()
     _too_large = False
     _received = 0
+    counted_in = None  # the site, while the request counts as in flight
+    gone = False  # the client hung up before its answer
 
     def gotLength(self, length):
         limit = self.channel.site.max_request_size
@@ -78,19 +79,29 @@ class SharqRequest(Request):
             super().requestReceived(command, path, version)
 
     def process(self):
-        self.gone = False  # the client hung up before its answer
-        site = self.channel.site  # the channel is gone when the request ends
-        site.request_started()
-        self.notifyFinish().addBoth(self._ended, site)
+        # counted in flight until finished or the client is gone, for the
+        # drain on stop (finish and connectionLost below)
+        self.counted_in = self.channel.site
+        self.counted_in.request_started()
         problem = self._unservable()
         if problem is not None:
             self.answer_failure(400, problem)
             return
         super().process()
 
-    def _ended(self, result, site):
-        self.gone = isinstance(result, Failure)
-        site.request_ended()
+    def finish(self):
+        super().finish()
+        self._ended()
+
+    def connectionLost(self, reason):
+        self.gone = not self.finished  # the client hung up before its answer
+        super().connectionLost(reason)
+        self._ended()
+
+    def _ended(self):
+        if self.counted_in is not None:
+            self.counted_in.request_ended()
+            self.counted_in = None
 
     def _unservable(self):
         """Why the routes cannot serve this request, or None.  Klein and
@@ -143,7 +154,8 @@ class SharqRequest(Request):
 
 class SharqChannel(HTTPChannel):
     """An HTTP/1.1 connection that learns its two addresses once, not on
-    every request (a getsockname call and address objects each time)."""
+    every request (a getsockname call and address objects each time), and
+    answers in JSON what twisted.web refuses without a body."""
 
     _host = _peer = None
     good_host = None  # the last Host header found valid on this connection
@@ -157,6 +169,9 @@ class SharqChannel(HTTPChannel):
         if self._peer is None:
             self._peer = super().getPeer()
         return self._peer
+
+    def makeConnection(self, transport):
+        super().makeConnection(_JSONBadRequest(transport))
 
     def lineLengthExceeded(self, line):
         # LineReceiver would hang up without a word
@@ -175,20 +190,75 @@ _JSON_400 = raw_answer(
     "section must stay within 16384 bytes.")
 
 
-class _JSONBadRequest(ProtocolWrapper):
-    """Sends twisted.web's bare 400 (a malformed request line, header or
-    chunked body) as JSON; everything else passes unchanged."""
+class _JSONBadRequest:
+    """The transport of a SharqChannel: sends twisted.web's bare 400 (a
+    malformed request line, header or chunked body) as JSON; everything
+    else goes to the connection unchanged.  It provides what the
+    connection provides, with the methods of ITCPTransport, IPushProducer,
+    ISystemHandle and ISSLTransport written out: a __getattr__ fallback (as
+    in ProtocolWrapper) would slow down every write."""
+
+    def __init__(self, transport):
+        directlyProvides(self, providedBy(transport))
+        self.transport = transport
 
     def write(self, data):
         self.transport.write(_JSON_400 if data == _BARE_400 else data)
 
+    def writeSequence(self, data):
+        self.transport.writeSequence(data)
 
-class _JSONBadRequestFactory(WrappingFactory):
-    protocol = _JSONBadRequest
-    noisy = False
+    def loseConnection(self):
+        self.transport.loseConnection()
 
-    def logPrefix(self):
-        return self.wrappedFactory.logPrefix()
+    def abortConnection(self):
+        self.transport.abortConnection()
+
+    def loseWriteConnection(self):
+        self.transport.loseWriteConnection()
+
+    def getPeer(self):
+        return self.transport.getPeer()
+
+    def getHost(self):
+        return self.transport.getHost()
+
+    def getTcpNoDelay(self):
+        return self.transport.getTcpNoDelay()
+
+    def setTcpNoDelay(self, enabled):
+        self.transport.setTcpNoDelay(enabled)
+
+    def getTcpKeepAlive(self):
+        return self.transport.getTcpKeepAlive()
+
+    def setTcpKeepAlive(self, enabled):
+        self.transport.setTcpKeepAlive(enabled)
+
+    def getHandle(self):
+        return self.transport.getHandle()
+
+    def getPeerCertificate(self):
+        return self.transport.getPeerCertificate()
+
+    def registerProducer(self, producer, streaming):
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        self.transport.unregisterProducer()
+
+    def pauseProducing(self):
+        self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.transport.resumeProducing()
+
+    def stopProducing(self):
+        self.transport.stopProducing()
+
+    @property
+    def disconnecting(self):
+        return self.transport.disconnecting
 
 
 class SharqSite(Site):
@@ -210,10 +280,6 @@ class SharqSite(Site):
         self._log_time = None
         self.in_flight = 0
         self._idle_waiters = []
-
-    def listening_factory(self):
-        """The factory to listen with: this site, behind the JSON 400."""
-        return _JSONBadRequestFactory(self)
 
     # ---- requests in flight, for the drain on stop
 
@@ -287,7 +353,7 @@ class HTTPService(Service):
     def privilegedStartService(self):
         # listen before twistd drops privileges (a port below 1024)
         super().privilegedStartService()
-        self.listening = self.endpoint.listen(self.site.listening_factory())
+        self.listening = self.endpoint.listen(self.site)
         failed = []
         self.listening.addCallbacks(self._listening, failed.append)
         # a port we cannot listen on must stop startup, not just be logged
@@ -346,8 +412,7 @@ class AdoptedPortService(HTTPService):
         sock = socket.socket(fileno=self.fd)  # only to learn the family
         family = sock.family
         sock.detach()
-        port = self.reactor.adoptStreamPort(self.fd, family,
-                                            self.site.listening_factory())
+        port = self.reactor.adoptStreamPort(self.fd, family, self.site)
         os.close(self.fd)  # adoptStreamPort listens on a duplicate
         self.listening = succeed(port)
         self._listening(port)
