@@ -13,11 +13,12 @@ from twisted.python import usage
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
+from sharqd.gunicorn_config import load as load_with_gunicorn
 from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
-from sharqd.redis.pubsub import NotifyService
+from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
-from sharqd.redis.connection import RedisService
+from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
@@ -31,6 +32,9 @@ class Options(usage.Options):
     longdesc = "Run sharqd, the SharQ Server API over Redis, from a SharQ config file."
     optParameters = [
         ["config", "c", None, "Path of the SharQ configuration file."],
+        ["gunicorn-config", None, None,
+         "Path of a gunicorn config file (the original's -gc): its bind, "
+         "workers and accesslog apply where the SharQ config does not set them."],
         # internal: a worker process serves on its parent's listening socket
         ["adopt-fd", None, None, None, int],
     ]
@@ -46,7 +50,12 @@ class Options(usage.Options):
         # A bad config is one line on stderr and exit status 1: SystemExit
         # carries through twistd without a traceback or the usage text.
         try:
-            self.loaded = Config.from_file(self["config"])
+            if self["gunicorn-config"]:
+                self.loaded = load_with_gunicorn(
+                    self["config"], self["gunicorn-config"],
+                    quiet=self["adopt-fd"] is not None)
+            else:
+                self.loaded = Config.from_file(self["config"])
         except ConfigError as e:
             raise SystemExit(f"sharqd: {e}")
 
@@ -57,6 +66,14 @@ def listen_description(server):
         return server.listen
     host = server.host.replace(":", "\\:")  # IPv6 literals
     return f"tcp:{server.port}:interface={host}"
+
+
+def config_args(options):
+    """The config options again, for the worker processes."""
+    args = ["-c", options["config"]]
+    if options["gunicorn-config"]:
+        args += ["--gunicorn-config", options["gunicorn-config"]]
+    return args
 
 
 class SharqService(MultiService):
@@ -111,8 +128,9 @@ def makeService(options, reactor=None):
                   dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     waiters = Waiters(queue, reactor)
-    NotifyService(config.redis, config.redis.key_prefix, waiters,
-                  reactor=reactor).setServiceParent(top)
+    prefix = config.redis.key_prefix
+    Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
+                 waiters.subscribed, reactor=reactor).setServiceParent(top)
 
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
     site = SharqSite(api.resource(), config.server.max_request_size,
@@ -130,7 +148,7 @@ def makeService(options, reactor=None):
         http = HTTPService(endpoint, site, reactor, description=where)
         http.setServiceParent(front)
         if config.server.workers > 1:
-            pool = WorkerPool(config.server.workers, options["config"], http, reactor)
+            pool = WorkerPool(config.server.workers, config_args(options), http, reactor)
             pool.setServiceParent(front)
             hangup.add(pool.relay_hangup)
     waiters.setServiceParent(front)

@@ -6,11 +6,12 @@ not dequeue, numbers are finite and plain.
 
 import json
 import socket
-import time
 
 import pytest
 
 from support import Sharqd, shared_redis
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

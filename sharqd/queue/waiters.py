@@ -1,8 +1,9 @@
 """
 Long-poll: requests that wait for a job of a type to become ready.
 
-Knows the queue and is told by a notification source (sharqd.redis.pubsub) when a
-type may have become ready earlier; no HTTP, no Redis connection here.
+Knows the queue and is told by a notification source (the subscription to the
+ready channels, see channels.py) when a type may have become ready earlier;
+no HTTP, no Redis connection here.
 
 Per type and process one dequeue attempt runs at a time, always on behalf of
 the oldest waiters (first come, first served): one script call takes jobs

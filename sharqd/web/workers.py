@@ -44,9 +44,11 @@ class _Worker(ProcessProtocol):
 class WorkerPool(Service):
     log = Logger()
 
-    def __init__(self, count, config_path, http_service, reactor):
+    def __init__(self, count, config_args, http_service, reactor):
+        """config_args: the plugin's config options (-c FILE, and any
+        --gunicorn-config FILE), which each worker reads again."""
         self.count = count
-        self.config_path = config_path
+        self.config_args = list(config_args)
         self.http = http_service
         self.reactor = reactor
         self.workers = {}
@@ -61,7 +63,7 @@ class WorkerPool(Service):
         worker = _Worker(self, number)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=",
-                "--logfile=-", "sharq", "-c", self.config_path,
+                "--logfile=-", "sharq", *self.config_args,
                 "--adopt-fd", str(CHILD_FD)]
         self.reactor.spawnProcess(
             worker, sys.executable, args, env=os.environ.copy(),
