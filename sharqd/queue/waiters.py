@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sharqd.errors import TypePaused
+from sharqd.errors import ShuttingDown, TypePaused
 
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
@@ -202,10 +202,16 @@ class Waiters(Service):
         del line.waiters[waiter]
         if waiter.timeout.active():
             waiter.timeout.cancel()
-        if not jobs and (line.error or line.paused) is not None:
-            waiter.d.errback(line.error or line.paused)
-        else:
+        if jobs:
             waiter.d.callback(jobs)
+        elif self.stopped:
+            waiter.d.errback(ShuttingDown())
+        elif line.error is not None:
+            waiter.d.errback(line.error)
+        elif line.paused is not None:  # the type is paused: say so
+            waiter.d.errback(line.paused)
+        else:
+            waiter.d.callback([])
 
     def _expire(self, line, waiter):
         if waiter.serving:
@@ -231,7 +237,9 @@ class Waiters(Service):
             del self._lines[line.queue_type]
 
     def stopService(self):
-        """Answer every waiter (404) so the HTTP side can drain at once."""
+        """Answer every waiter (503 ShuttingDown) so the HTTP side can drain
+        at once; a waiter whose dequeue is in flight gets its jobs, if any,
+        as soon as that returns."""
         super().stopService()
         self.stopped = True
         for line in list(self._lines.values()):
