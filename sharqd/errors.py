@@ -30,6 +30,14 @@ class NotFound(SharqError):
     default_message = "Not found."
 
 
+class TypePaused(NotFound):
+    """A dequeue of a queue type that is paused (POST /pause/<type>/)."""
+
+    def __init__(self, queue_type):
+        super().__init__(f"Queue type `{queue_type}` is paused: nothing is handed out "
+                         f"until POST /resume/{queue_type}/.")
+
+
 class Conflict(SharqError):
     status = 409
 
@@ -51,6 +59,12 @@ class RedisUnavailable(SharqError):
 class TooManyWaiters(SharqError):
     status = 503
     headers = {b"retry-after": b"1"}
+
+
+class ShuttingDown(SharqError):
+    status = 503
+    default_message = ("sharqd is shutting down; no job was handed out. "
+                       "Poll again in a moment.")
 
 
 class ConfigError(Exception):

@@ -17,11 +17,12 @@ from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.gunicorn_config import load as load_with_gunicorn
 from sharqd.web.auth import Guard, Tokens
+from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite, raise_fd_limit
 from sharqd.web.tls import ReloadableTLS, parse_ssl
-from sharqd.redis.pubsub import NotifyService
+from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
-from sharqd.redis.connection import RedisService
+from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
@@ -83,7 +84,8 @@ def config_args(options):
 
 class SharqService(MultiService):
     """Stops its children one by one, newest first: the HTTP side drains
-    before the requeue timer stops, and Redis closes last."""
+    before the requeue timer stops, and Redis closes last.  (A plain
+    MultiService stops them all at once.)"""
 
     def stopService(self):
         return Deferred.fromCoroutine(self._stop_in_order())
@@ -164,7 +166,13 @@ def makeService(options, reactor=None):
     server = config.server
     max_connections = raise_fd_limit(server.max_connections)
 
+    # Stopped newest first, one after the other (SharqService), so that
+    # SIGTERM is clean: the front answers every client, then the
+    # notifications, the requeue timer and Redis stop, and SIGHUP is
+    # given back last.
     top = SharqService()
+    hangup = HangupService(reactor)
+    hangup.setServiceParent(top)
     redis = RedisService(config.redis)
     redis.setServiceParent(top)
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
@@ -172,28 +180,39 @@ def makeService(options, reactor=None):
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     # each waiter holds a connection: more waiters than connections cannot be
     waiters = Waiters(queue, reactor, max_waiters=min(server.max_waiters, max_connections))
-    NotifyService(config.redis, config.redis.key_prefix, waiters,
-                  reactor=reactor).setServiceParent(top)
+    prefix = config.redis.key_prefix
+    Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
+                 waiters.subscribed, reactor=reactor).setServiceParent(top)
 
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
     resource, reload_tokens = guarded(config, api.resource())
     site = SharqSite(resource, server.max_request_size,
-                     idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
-                     max_connections=max_connections,
-                     logPath=open_access_log(config), reactor=reactor)
+                     access_log=open_access_log(config), idle_timeout=server.idle_timeout,
+                     header_timeout=server.header_timeout,
+                     max_connections=max_connections, reactor=reactor)
     endpoint, factory, reload_tls = listening(config, site, reactor)
-    reloaders = [r for r in (reload_tokens, reload_tls) if r is not None]
+    for reload in (site.reopen_log, reload_tokens, reload_tls):
+        if reload is not None:
+            hangup.add(reload)
+    # The front stops all at once, newest first: the long-poll waiters are
+    # answered (503) at once, the workers are told to stop, and the HTTP
+    # side stops listening and lets the requests in flight finish.
+    front = MultiService()
+    front.setServiceParent(top)
     where = listen_description(server)
     if options["adopt-fd"] is not None:
-        AdoptedPortService(options["adopt-fd"], site, reactor, where, factory=factory,
-                           reloaders=reloaders).setServiceParent(top)
-        return top
-    if not config.auth.enabled and not is_private(where):
-        log.warn("sharqd listens on {where} without [auth]: anyone who reaches it may "
-                 "enqueue, dequeue and delete queues (README, Security)", where=where)
-    http = HTTPService(endpoint, site, reactor, description=where, factory=factory,
-                       reloaders=reloaders)
-    http.setServiceParent(top)
-    if server.workers > 1:
-        WorkerPool(server.workers, config_args(options), http, reactor).setServiceParent(top)
+        AdoptedPortService(options["adopt-fd"], site, reactor, where,
+                           factory=factory).setServiceParent(front)
+    else:
+        if not config.auth.enabled and not is_private(where):
+            log.warn("sharqd listens on {where} without [auth]: anyone who reaches it "
+                     "may enqueue, dequeue and delete queues (README, Security)",
+                     where=where)
+        http = HTTPService(endpoint, site, reactor, description=where, factory=factory)
+        http.setServiceParent(front)
+        if server.workers > 1:
+            pool = WorkerPool(server.workers, config_args(options), http, reactor)
+            pool.setServiceParent(front)
+            hangup.add(pool.relay_hangup)
+    waiters.setServiceParent(front)
     return top

@@ -1,8 +1,9 @@
 """
 Long-poll: requests that wait for a job of a type to become ready.
 
-Knows the queue and is told by a notification source (sharqd.redis.pubsub) when a
-type may have become ready earlier; no HTTP, no Redis connection here.
+Knows the queue and is told by a notification source (the subscription to the
+ready channels, see channels.py) when a type may have become ready earlier;
+no HTTP, no Redis connection here.
 
 Per type and process one dequeue attempt runs at a time, always on behalf of
 the oldest waiters (first come, first served): one script call takes jobs
@@ -21,7 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sharqd.errors import TooManyWaiters
+from sharqd.errors import ShuttingDown, TooManyWaiters, TypePaused
 
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
@@ -43,7 +44,7 @@ class _Waiter:
 class _Line:
     """The waiters of one queue type, oldest first."""
 
-    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error")
+    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error", "paused")
 
     def __init__(self, queue_type):
         self.queue_type = queue_type
@@ -52,6 +53,7 @@ class _Line:
         self.again = False    # notified during that attempt: try once more
         self.timer = None     # the next re-check
         self.error = None     # the failure of the last attempt, if it failed
+        self.paused = None    # the TypePaused failure while the type is paused
 
 
 class Waiters(Service):
@@ -153,7 +155,11 @@ class Waiters(Service):
         for waiter in group:
             waiter.serving = False
         jobs, next_ms = [], None
-        if isinstance(result, Failure):
+        line.paused = None
+        if isinstance(result, Failure) and result.check(TypePaused):
+            # waiters keep waiting: the resume publishes like an enqueue
+            line.error, line.paused = None, result
+        elif isinstance(result, Failure):
             if line.error is None:
                 self.log.warn("Long-poll dequeue of {queue_type} failed: {error}; "
                               "retrying every {s} s", queue_type=line.queue_type,
@@ -201,10 +207,16 @@ class Waiters(Service):
         del line.waiters[waiter]
         if waiter.timeout.active():
             waiter.timeout.cancel()
-        if not jobs and line.error is not None:
-            waiter.d.errback(line.error)
-        else:
+        if jobs:
             waiter.d.callback(jobs)
+        elif self.stopped:
+            waiter.d.errback(ShuttingDown())
+        elif line.error is not None:
+            waiter.d.errback(line.error)
+        elif line.paused is not None:  # the type is paused: say so
+            waiter.d.errback(line.paused)
+        else:
+            waiter.d.callback([])
 
     def _expire(self, line, waiter):
         if waiter.serving:
@@ -230,7 +242,9 @@ class Waiters(Service):
             del self._lines[line.queue_type]
 
     def stopService(self):
-        """Answer every waiter (404) so the HTTP side can drain at once."""
+        """Answer every waiter (503 ShuttingDown) so the HTTP side can drain
+        at once; a waiter whose dequeue is in flight gets its jobs, if any,
+        as soon as that returns."""
         super().stopService()
         self.stopped = True
         for line in list(self._lines.values()):

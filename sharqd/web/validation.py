@@ -5,10 +5,11 @@ original SharQ Server's messages.
 
 import json
 import json.encoder
+import math
 import re
 
 from sharqd.errors import BadRequest
-from sharqd.queue.operations import BatchJob
+from sharqd.queue.operations import POLICY_FIELDS, BatchJob
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -49,8 +50,20 @@ def _no_constants(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _OutOfRange(ValueError):
+    """A JSON number no double holds (1e400): it would come back as
+    Infinity, which is not JSON."""
+
+
+def _finite(text):
+    number = float(text)
+    if not math.isfinite(number):
+        raise _OutOfRange(text)
+    return number
+
+
 # one decoder for all requests: json.loads with options builds a new one
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
 
 
 def json_body(raw):
@@ -59,6 +72,9 @@ def json_body(raw):
         return {}
     try:
         body = _DECODER.decode(raw.decode("utf-8"))
+    except _OutOfRange as e:
+        raise BadRequest(f"The request body holds the number {str(e)[:40]}, "
+                         f"out of range of a double; send it as a string.")
     except (ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON.")
     if not isinstance(body, dict):
@@ -68,11 +84,12 @@ def json_body(raw):
 
 # One C encoder for every payload: json.dumps(..., separators=(",", ":"),
 # ensure_ascii=False) would build it anew per call (no circular check: a
-# parsed JSON value cannot be circular).
+# parsed JSON value cannot be circular; no NaN or Infinity: not JSON).
 _C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
     None, json.JSONEncoder().default, json.encoder.encode_basestring, None,
-    ":", ",", False, False, True)
-_PY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    ":", ",", False, False, False)
+_PY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                               allow_nan=False)
 
 
 def encode_payload(payload):
@@ -81,7 +98,8 @@ def encode_payload(payload):
         if _C_ENCODER is None:
             return _PY_ENCODER.encode(payload).encode()
         return "".join(_C_ENCODER(payload, 0)).encode()
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form
+    # a lone surrogate ("\ud800") has no UTF-8 form; NaN has no JSON form
+    except (UnicodeEncodeError, ValueError):
         raise invalid("payload")
 
 
@@ -125,9 +143,10 @@ MAX_COUNT = 100
 MAX_LEASE = 86_400_000
 MAX_BATCH = 1000
 MAX_PAGE = 1000
+# plain decimal numbers only: int() and float() would also take "1_0",
+# " 5", "1e1", "inf" and non-ASCII digits
 _DIGITS = re.compile(r"[0-9]{1,16}")
-
-
+_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{0,16})?|\.[0-9]{1,16}")
 
 
 def query_arg(args, name):
@@ -146,11 +165,10 @@ def _whole(name, text, low, high):
 
 def wait_arg(text):
     """Seconds to wait: 0 < S <= 60, may be fractional."""
-    try:
-        seconds = float(text)
-    except (TypeError, ValueError):
+    if text is None or not _DECIMAL.fullmatch(text):
         raise invalid("wait")
-    if not 0 < seconds <= MAX_WAIT_SECONDS:  # NaN fails too
+    seconds = float(text)
+    if not 0 < seconds <= MAX_WAIT_SECONDS:
         raise invalid("wait")
     return seconds
 
@@ -212,8 +230,75 @@ def batch_enqueue_job(job, default_requeue_limit):
 
 
 def batch_finish_job(job):
-    """(queue_id, job_id) of one job of a batch finish."""
+    """(queue_id, job_id, lease_id or None) of one job of a batch finish."""
     queue_id = queue_id_field(batch_job(job))
     if "job_id" not in job:
         raise missing("job_id")
-    return queue_id, identifier("job_id", job["job_id"])
+    return queue_id, identifier("job_id", job["job_id"]), lease_id_field(job)
+
+
+# ---- lease ids and rate policies
+
+def lease_id(value):
+    """A lease id as the dequeue answered it (a string; a number is taken too)."""
+    if type(value) is int and value >= 0:
+        value = str(value)
+    return identifier("lease_id", value)
+
+
+def lease_id_field(body):
+    """The optional `lease_id` of a JSON object, or None."""
+    value = body.get("lease_id")
+    return None if value is None else lease_id(value)
+
+
+def finish_lease_id(args, raw):
+    """The optional lease id of a finish: `?lease_id=`, else `lease_id` in
+    the body.  A finish had no body before lease ids: a body that is not a
+    JSON object is ignored, as it always was."""
+    text = query_arg(args, "lease_id")
+    if text is not None:
+        return lease_id(text)
+    if not raw.strip():
+        return None
+    try:
+        body = json_body(raw)
+    except BadRequest:
+        return None
+    return lease_id_field(body)
+
+
+MIN_RATE, MAX_RATE = 0.000001, 1_000_000
+MAX_BURST = 1_000_000
+MAX_ACTIVE = 10**9
+
+
+def _number(value):
+    return type(value) in (int, float)
+
+
+def policy_fields(body):
+    """The changes of a PUT /policy/... body: the fields given, None for a
+    null (which removes the field)."""
+    for name in body:
+        if name not in POLICY_FIELDS:
+            raise BadRequest(f"`{name}` is not a policy field; give any of `rate`, "
+                             f"`burst`, `max_active`, `paused`.")
+    rate, burst = body.get("rate"), body.get("burst")
+    max_active, paused = body.get("max_active"), body.get("paused")
+    if rate is not None and not (_number(rate) and MIN_RATE <= rate <= MAX_RATE):
+        raise BadRequest(f"`rate` has an invalid value: give jobs per second, a number "
+                         f"from {MIN_RATE:g} to {MAX_RATE}.")
+    if burst is not None and (type(burst) is not int or not 1 <= burst <= MAX_BURST):
+        raise BadRequest(f"`burst` has an invalid value: give a whole number from "
+                         f"1 to {MAX_BURST}.")
+    if max_active is not None and (type(max_active) is not int
+                                   or not 1 <= max_active <= MAX_ACTIVE):
+        raise BadRequest(f"`max_active` has an invalid value: give a whole number from "
+                         f"1 to {MAX_ACTIVE}.")
+    if paused is not None and not isinstance(paused, bool):
+        raise BadRequest("`paused` has an invalid value: give true or false.")
+    changes = dict(body)
+    if rate is not None:
+        changes["rate"] = float(rate)
+    return changes
