@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-instructions bench-policy deb deb-check
+.PHONY: run test bench bench-extensions soak bench-instructions bench-policy deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -36,6 +36,12 @@ bench-policy:
 bench-instructions:
 	./scripts/setup.sh valgrind
 	.venv/bin/python bench/instructions.py --twistd .venv/bin/twistd
+
+# Soak (not in CI): 10 minutes of mixed load at about half of capacity,
+# memory sampled every 10 s; writes bench/RESULTS-soak.md.
+soak:
+	./scripts/setup.sh
+	.venv/bin/python bench/soak.py
 
 # Debian packaging (see README, "Install on Debian").
 

@@ -94,6 +94,10 @@ def test_route_actions_and_types():
     assert required(b"DELETE", b"/deadletters/sms/") == ("admin", "sms")
     assert required(b"POST", b"/deadletters/sms/u1/j1/retry/") == ("admin", "sms")
     assert required(b"POST", b"/interval/sms/u1/") == ("admin", "sms")
+    assert required(b"GET", b"/policy/sms/u1/") == ("read", "sms")
+    assert required(b"PUT", b"/policy/sms/") == ("admin", "sms")
+    assert required(b"POST", b"/pause/sms/") == ("admin", "sms")
+    assert required(b"GET", b"/queues/sms/u1/") == ("read", "sms")
     assert required(b"GET", b"/enqueue/%73ms/u1/") == ("enqueue", "sms")
     assert required(b"GET", b"/deepstatus/") == (None, None)
 

@@ -29,13 +29,14 @@ from sharqd.errors import ConfigError
 
 ACTIONS = ("enqueue", "work", "read", "admin")
 
-# first path segment -> action; `deadletters` depends on the method
+# first path segment -> action; for READ_OR_ADMIN a GET reads, anything
+# else administers
+READ_OR_ADMIN = ("deadletters", "policy")
 ROUTE_ACTIONS = {
     "enqueue": "enqueue",
     "dequeue": "work", "finish": "work", "touch": "work",
     "metrics": "read", "queues": "read", "prometheus": "read", "dashboard": "read",
-    "interval": "admin", "deletequeue": "admin", "policy": "admin",
-    "pause": "admin", "resume": "admin",
+    "interval": "admin", "deletequeue": "admin", "pause": "admin", "resume": "admin",
 }
 DEFAULT_TYPE = "default"  # GET /dequeue/
 
@@ -178,7 +179,7 @@ def required(method, path):
     parts = unquote(path.decode("latin-1"), errors="replace").split("/")
     first = parts[1] if len(parts) > 1 else ""
     queue_type = parts[2] if len(parts) > 2 and parts[2] else None
-    if first == "deadletters":
+    if first in READ_OR_ADMIN:
         return ("read" if method == b"GET" else "admin"), queue_type
     action = ROUTE_ACTIONS.get(first)
     if first == "dequeue" and queue_type is None:
