@@ -243,3 +243,19 @@ def test_max_waiters_gives_503_with_retry_after(server):
     assert retry == "1" and took < 1
     assert "max_waiters = 2" in body["message"]
     assert all(r[2] >= 3.9 for r in results[:2])  # they waited their time out
+
+
+def test_descriptor_limit_raised_or_connections_lowered():
+    """When max_connections needs more descriptors than the soft limit,
+    sharqd raises the soft limit up to the hard one; when the hard limit
+    is too low, it serves as many connections as fit and says so."""
+    import subprocess
+    import sys
+    from support import ROOT
+    code = ("import resource; from sharqd.web.site import raise_fd_limit; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (300, {hard})); "
+            "print(raise_fd_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    for hard, expected in ((4096, "1000 1256"), (600, "344 600")):
+        out = subprocess.run([sys.executable, "-c", code.format(hard=hard)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.split() == expected.split(), out.stderr
