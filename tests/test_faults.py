@@ -65,14 +65,20 @@ class Load:
         self.not_json = []
         self.hung = []              # no answer in CLIENT_TIMEOUT: must stay empty
         self.no_answer = Counter()  # connection refused / reset: sharqd down
-        self.threads = [threading.Thread(target=self.produce, args=(n,))
-                        for n in range(producers)]
-        self.threads += [threading.Thread(target=self.work) for _ in range(workers)]
+        self.producers = [threading.Thread(target=self.produce, args=(n,))
+                          for n in range(producers)]
+        self.threads = self.producers + [threading.Thread(target=self.work)
+                                         for _ in range(workers)]
 
     def start(self):
         for thread in self.threads:
             thread.start()
         return self
+
+    def stop_producing(self):
+        self.producing = False
+        for thread in self.producers:
+            thread.join(30)
 
     def stop(self):
         self.running = False
@@ -192,8 +198,7 @@ def test_faults_lose_no_acknowledged_job(tmp_path):
         steady()
 
         # drain: producers stop, workers take and finish what is left
-        load.producing = False
-        time.sleep(0.1)
+        load.stop_producing()
         with load.lock:
             acknowledged = set(load.acknowledged)
         wait_for(lambda: acknowledged <= set(load.deliveries), timeout=30)
