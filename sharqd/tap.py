@@ -3,12 +3,16 @@ Composition root: the twistd options and the service tree of one sharqd.
 """
 
 import os
+import shutil
+import tempfile
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
 from sharqd import __version__
 from sharqd.config import Config
@@ -20,6 +24,7 @@ from sharqd.redis.connection import RedisService
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
+from sharqd.web.prometheus import Exposition, OwnMetricsResource, ProcessMetrics, socket_path
 from sharqd.web.workers import WorkerPool
 
 log = Logger()
@@ -32,6 +37,9 @@ class Options(usage.Options):
         ["config", "c", None, "Path of the SharQ configuration file."],
         # internal: a worker process serves on its parent's listening socket
         ["adopt-fd", None, None, None, int],
+        # internal: a worker's number, and where the workers' metrics sockets are
+        ["worker", None, 1, None, int],
+        ["metrics-dir", None, None, None],
     ]
 
     def opt_version(self):
@@ -86,6 +94,31 @@ def open_access_log(config):
     return path
 
 
+class MetricsSocketService(StreamServerEndpointService):
+    """With workers: this process's own metrics on DIR/worker-N.sock, for
+    whichever process takes a /prometheus scrape.  The parent made the
+    folder and removes it when it stops."""
+
+    def __init__(self, folder, worker, metrics, reactor, own_folder=False):
+        self.path = socket_path(folder, worker)
+        self.folder = folder
+        self.own_folder = own_folder
+        site = Site(OwnMetricsResource(metrics))
+        site.noisy = False
+        super().__init__(endpoints.UNIXServerEndpoint(reactor, self.path), site)
+
+    def privilegedStartService(self):
+        if os.path.exists(self.path):  # left by a worker that died
+            os.unlink(self.path)
+        super().privilegedStartService()
+
+    def stopService(self):
+        d = maybeDeferred(super().stopService)
+        if self.own_folder:
+            d.addBoth(lambda result: shutil.rmtree(self.folder, True) or result)
+        return d
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -106,8 +139,20 @@ def makeService(options, reactor=None):
     NotifyService(config.redis, config.redis.key_prefix, waiters,
                   reactor=reactor).setServiceParent(top)
 
-    api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
+    metrics = ProcessMetrics(waiters.waiting)
+    redis.on_error = metrics.redis_error
+    folder = options["metrics-dir"]
+    if folder is None and config.server.workers > 1 and options["adopt-fd"] is None:
+        folder = tempfile.mkdtemp(prefix="sharqd-metrics-")
+    if folder is not None:
+        MetricsSocketService(folder, options["worker"], metrics, reactor,
+                             own_folder=options["metrics-dir"] is None).setServiceParent(top)
+    exposition = Exposition(metrics, reactor, folder, options["worker"])
+    api = Api(queue, config.sharq.default_job_requeue_limit, waiters, exposition,
+              workers=config.server.workers, redis_address=redis.describe())
     site = SharqSite(api.resource(), config.server.max_request_size,
+                     observe=lambda request, seconds: metrics.observe(
+                         api.route_of(request), request.code, seconds),
                      logPath=open_access_log(config), reactor=reactor)
     where = listen_description(config.server)
     if options["adopt-fd"] is not None:
@@ -117,5 +162,5 @@ def makeService(options, reactor=None):
     http.setServiceParent(top)
     if config.server.workers > 1:
         WorkerPool(config.server.workers, options["config"], http,
-                   reactor).setServiceParent(top)
+                   reactor, metrics_dir=folder).setServiceParent(top)
     return top

@@ -3,8 +3,11 @@ The queue operations, each one Lua script call over an injected execute
 function.  Inputs are already validated; results are plain Python values.
 """
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 from importlib import resources
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
 from sharqd.errors import Conflict, NotFound, QueueFull
 from sharqd.redis.scripts import Script
@@ -22,7 +25,7 @@ def load_script(name, shared=True):
 SCRIPTS = {name: load_script(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
-    "deadletters")}
+    "deadletters", "stats", "topqueues")}
 LOCK = load_script("lock", shared=False)
 
 
@@ -43,6 +46,38 @@ class Counts:
     enqueued: list
     dequeued: list
     dead: list = ()  # jobs moved to the dead letters
+    finished: list = ()  # counted for all queues together only
+
+
+# Queues one stats or top-queues call reads: keeps each call well under a
+# millisecond of Redis time, so concurrent enqueues are not held up.
+STATS_STEP = 500
+# Types read at once during a scrape (each a few short script calls).
+STATS_PARALLEL = 16
+TOTALS = ("enqueued", "dequeued", "finished", "requeued", "dead_lettered",
+          "rejected_duplicate", "rejected_max_queued_length")
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    """What a queue type holds now, and its event totals since it began."""
+    queue_type: str
+    pending: int
+    active: int
+    ready_queues: int
+    dead_letters: int
+    oldest_ready_age: float  # seconds the longest-ready queue has waited
+    totals: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue of a type as the dashboard lists it."""
+    queue_id: str
+    pending: int
+    active: int
+    interval: int
+    ready_at: int  # epoch ms
 
 
 def _duplicate(queue_type, queue_id, job_id):
@@ -138,8 +173,8 @@ class Queue:
             b"SMEMBERS", f"{self.prefix}:types"))
 
     async def global_metrics(self):
-        types, minutes, enq, deq, dead = await self._run("metrics", "", b"global")
-        return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead)
+        types, minutes, enq, deq, dead, done = await self._run("metrics", "", b"global")
+        return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead, done)
 
     async def queue_ids(self, queue_type):
         return sorted(q.decode() for q in await self._run("metrics", queue_type, b"type"))
@@ -238,3 +273,61 @@ class Queue:
     async def purge_dead_letters(self, queue_type):
         """Delete every dead letter of the type; returns how many."""
         return int(await self._run("deadletters", queue_type, b"purge"))
+
+    # ---- figures for /prometheus and the dashboard
+
+    async def type_stats(self, queue_type, step=STATS_STEP):
+        """A TypeStats, read in calls of up to step queues each."""
+        reply = await self._run("stats", queue_type, 0, step)
+        offset, pending = int(reply[0]), int(reply[1])
+        active, ready, dead, head, now = (int(n) for n in reply[2:7])
+        raw = reply[7]
+        totals = {name: 0 for name in TOTALS}
+        totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2))
+        while offset:
+            reply = await self._run("stats", queue_type, offset, step)
+            offset, pending = int(reply[0]), pending + int(reply[1])
+        age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
+        return TypeStats(queue_type, pending, active, ready, dead, age, totals)
+
+    async def known_types(self):
+        """Every type with jobs now or seen by an earlier call: a type keeps
+        its dead letters and totals after its last queue is gone."""
+        known = f"{self.prefix}:known_types"
+        now = await self.execute(b"SMEMBERS", f"{self.prefix}:types")
+        if now:
+            await self.execute(b"SADD", known, *now)
+        return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
+
+    async def all_type_stats(self, step=STATS_STEP):
+        """TypeStats of every known type, a few types at a time."""
+        types = await self.known_types()
+        limit = DeferredSemaphore(STATS_PARALLEL)
+        try:
+            return await gatherResults([
+                limit.run(lambda t: Deferred.fromCoroutine(self.type_stats(t, step)), t)
+                for t in types], consumeErrors=True)
+        except FirstError as e:  # the first failure itself (503, ...)
+            e.subFailure.raiseException()
+
+    async def top_queues(self, queue_type, limit=50, step=STATS_STEP):
+        """The limit queues of the type with the most pending jobs, as
+        QueueRows, most first (ties by queue id)."""
+        rows, offset = [], 0
+        while True:
+            reply = await self._run("topqueues", queue_type, offset, step, limit)
+            offset = int(reply[0])
+            rows.extend(QueueRow(reply[i].decode(), int(reply[i + 1]), int(reply[i + 2]),
+                                 int(reply[i + 3]), int(reply[i + 4]))
+                        for i in range(1, len(reply), 5))
+            rows = heapq.nsmallest(limit, rows, key=lambda r: (-r.pending, r.queue_id))
+            if not offset:
+                return rows
+
+    async def redis_version(self):
+        """The Redis server's version, from INFO."""
+        info = (await self.execute(b"INFO", b"server")).decode()
+        for line in info.splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"

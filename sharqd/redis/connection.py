@@ -51,6 +51,9 @@ class RedisService(Service):
         self._watchdog = LoopingCall(self._check_replies)
         self._watchdog.clock = reactor
         self._oldest = {}  # connection -> (oldest reply awaited, seen since)
+        # on_error(kind) is told of each command that got no usable answer
+        # (metrics): unreachable, timeout, connection_lost, refused
+        self.on_error = lambda kind: None
 
     def describe(self):
         c = self.config
@@ -98,6 +101,7 @@ class RedisService(Service):
         return waiter.addCallback(lambda _: self.execute(*command))
 
     def _not_reachable(self, *_):
+        self.on_error("unreachable")
         raise RedisUnavailable(
             f"Redis at {self.describe()} is not reachable; try again shortly.")
 
@@ -137,6 +141,7 @@ class RedisService(Service):
             elif now - since >= self.config.timeout:
                 self.log.warn("Redis at {where} did not answer in {t} s; reconnecting",
                               where=self.describe(), t=self.config.timeout)
+                self.on_error("timeout")
                 connection.transport.abortConnection()
                 continue
             oldest[connection] = (head, since)
@@ -155,10 +160,12 @@ class RedisService(Service):
     def _translate(self, error):
         """The error to raise for an error that took the place of a reply."""
         if isinstance(error, txredisapi.ConnectionError):
+            self.on_error("connection_lost")
             return RedisUnavailable(
                 f"Redis at {self.describe()} did not answer in time; try again shortly.")
         if isinstance(error, txredisapi.ResponseError) and \
                 str(error).startswith(_TRANSIENT):
+            self.on_error("refused")
             self.log.warn("Redis refused a command: {error}", error=error)
             return RedisUnavailable(f"Redis cannot serve right now: {error}")
         return error

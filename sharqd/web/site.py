@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import time
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
@@ -22,6 +23,7 @@ DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
 class SharqRequest(Request):
     _too_large = False
     _received = 0
+    route = None  # the route template that answers, when known early
 
     def gotLength(self, length):
         limit = self.channel.site.max_request_size
@@ -101,7 +103,7 @@ class SharqSite(Site):
     protocol = SharqChannel  # plain HTTP/1.1: sharqd does not offer HTTP/2
     noisy = False
 
-    def __init__(self, resource, max_request_size, **kwargs):
+    def __init__(self, resource, max_request_size, observe=None, **kwargs):
         # Bodies are JSON, never forms: skip twisted.web's parsing of the
         # Content-Type header (through the email package) on every POST,
         # which alone cost as much as the rest of an enqueue.
@@ -112,18 +114,22 @@ class SharqSite(Site):
         self.max_request_size = max_request_size
         self.in_flight = 0
         self._idle_waiters = []
+        # observe(request, seconds) is told of every answered request (metrics)
+        self.observe = observe
 
     def getResourceFor(self, request):
         self.in_flight += 1
-        request.notifyFinish().addBoth(self._request_done)
+        request.notifyFinish().addBoth(self._request_done, request, time.monotonic())
         return super().getResourceFor(request)
 
-    def _request_done(self, _):
+    def _request_done(self, _, request, started):
         self.in_flight -= 1
         if not self.in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
+        if self.observe is not None:
+            self.observe(request, time.monotonic() - started)
 
     def _openLogFile(self, path):
         # Site's default LogFile rotates by itself at 1 MB and writes at its

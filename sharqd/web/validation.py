@@ -216,3 +216,10 @@ def batch_finish_job(job):
     if "job_id" not in job:
         raise missing("job_id")
     return queue_id, identifier("job_id", job["job_id"])
+
+
+def sort_arg(text):
+    """The `sort` of GET /queues/<type>/: only by pending jobs, for now."""
+    if text is not None and text != "pending":
+        raise invalid("sort")
+    return "pending"

@@ -45,8 +45,9 @@ class _Worker(ProcessProtocol):
 class WorkerPool(Service):
     log = Logger()
 
-    def __init__(self, count, config_path, http_service, reactor):
+    def __init__(self, count, config_path, http_service, reactor, metrics_dir=None):
         self.count = count
+        self.metrics_dir = metrics_dir
         self.config_path = config_path
         self.http = http_service
         self.reactor = reactor
@@ -64,7 +65,9 @@ class WorkerPool(Service):
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=",
                 "--logfile=-", "sharq", "-c", self.config_path,
-                "--adopt-fd", str(CHILD_FD)]
+                "--adopt-fd", str(CHILD_FD), "--worker", str(number)]
+        if self.metrics_dir is not None:
+            args += ["--metrics-dir", self.metrics_dir]
         self.reactor.spawnProcess(
             worker, sys.executable, args, env=os.environ.copy(),
             childFDs={0: "w", 1: "r", 2: "r", CHILD_FD: self.http.port.fileno()})
