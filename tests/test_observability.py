@@ -1,0 +1,223 @@
+"""
+/prometheus, the dashboard's read routes and /openapi.json: the queue-layer
+figures on a real redis-server, the routes through a real `twistd -n sharq`
+process, and the OpenAPI document against the routes the server has.
+"""
+
+import json
+import re
+import signal
+import time
+import urllib.request
+
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import TestCase
+
+from sharqd.web.app import Api
+from sharqd.web.openapi import DOCUMENT
+from support import Sharqd, make_queue, shared_redis
+
+
+def payload(value):
+    return json.dumps(value).encode()
+
+
+class TypeStatsTests(TestCase):
+    async def setUp(self):
+        self.q, self.clock = await make_queue(self)
+
+    async def put(self, queue_id, job_id, qtype="sms", interval=1000, limit=-1):
+        await self.q.enqueue(qtype, queue_id, job_id, interval, payload({}), limit)
+
+    async def test_stats_count_pending_active_ready(self):
+        """When a type has pending, active and ready jobs, type_stats counts
+        each, and the longest ready wait is measured from the ready time."""
+        for i in range(3):
+            await self.put("u1", f"a{i}")
+        await self.put("u2", "b0")
+        await self.q.dequeue("sms")  # u1 or u2: both ready at the same time
+        self.clock.advance(2.5)
+        stats = await self.q.type_stats("sms")
+        self.assertEqual((stats.pending, stats.active, stats.ready_queues,
+                          stats.dead_letters), (3, 1, 2, 0))
+        self.assertEqual(stats.oldest_ready_age, 2.5)
+
+    async def test_stats_in_steps_add_up(self):
+        """When a type has more queues than one step reads, the steps add up
+        to the same pending count."""
+        for i in range(23):
+            for j in range(i % 3 + 1):
+                await self.put(f"q{i}", f"j{j}")
+        whole = await self.q.type_stats("sms", step=1000)
+        stepped = await self.q.type_stats("sms", step=4)
+        self.assertEqual(whole.pending, sum(i % 3 + 1 for i in range(23)))
+        self.assertEqual(stepped, whole)
+
+    async def test_known_types_outlive_their_queues(self):
+        """When a type's last queue is gone after a read, the type is still
+        listed (its dead letters and totals stay visible)."""
+        await self.put("u1", "j1", qtype="email")
+        self.assertEqual(await self.q.known_types(), ["email"])
+        await self.q.delete_queue("email", "u1")
+        self.assertEqual([s.queue_type for s in await self.q.all_type_stats()], ["email"])
+
+    async def test_top_queues_most_pending_first(self):
+        """When queues have different lengths, top_queues lists the longest
+        first (ties by id), with interval and ready time, across steps."""
+        lengths = {"a": 2, "b": 5, "c": 1, "d": 5, "e": 3}
+        for qid, n in lengths.items():
+            for j in range(n):
+                await self.put(qid, f"j{j}", interval=250)
+        rows = await self.q.top_queues("sms", limit=3, step=2)
+        self.assertEqual([(r.queue_id, r.pending) for r in rows],
+                         [("b", 5), ("d", 5), ("e", 3)])
+        self.assertEqual({(r.interval, r.active) for r in rows}, {(250, 0)})
+        self.assertEqual(rows[0].ready_at, int(self.clock() * 1000))
+
+
+@pytest.fixture
+def server(tmp_path):
+    started = Sharqd(str(tmp_path), shared_redis()).start()
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+def get(server, path, headers=None):
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
+                                     headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.headers["content-type"], response.read()
+
+
+def samples(text):
+    """{(name, frozenset(labels)): value} of an exposition."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_prometheus_exposition(server):
+    """When /prometheus is scraped, it answers prometheus_client's text
+    format and content type, with the queue gauges per type and the
+    process's request counts by route template (never by queue id)."""
+    for i in range(3):
+        server.request("POST", f"/enqueue/sms/user{i}/",
+                       {"job_id": "j1", "interval": 0, "payload": {}})
+    server.request("GET", "/dequeue/sms/")
+    status, content_type, body = get(server, "/prometheus")
+    assert status == 200
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    found = samples(body.decode())
+    sms = frozenset({("queue_type", "sms")})
+    assert found[("sharqd_jobs_pending", sms)] == 2
+    assert found[("sharqd_jobs_active", sms)] == 1
+    assert found[("sharqd_queues_ready", sms)] == 2
+    assert found[("sharqd_dead_letters", sms)] == 0
+    enqueues = frozenset({("route", "/enqueue/<queue_type>/<queue_id>/"), ("code", "201")})
+    assert found[("sharqd_http_requests_total", enqueues)] == 3
+    assert ("sharqd_longpoll_waiters", frozenset()) in found
+    assert ("process_resident_memory_bytes", frozenset()) in found
+    assert "user1" not in body.decode()
+
+
+def test_prometheus_openmetrics_when_asked(server):
+    """When the scraper asks for OpenMetrics, it gets that format."""
+    _, content_type, body = get(server, "/prometheus",
+                                {"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def wait_for(check, timeout=20, step=0.05):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(step)
+
+
+def test_workers_all_in_one_scrape(tmp_path):
+    """When sharqd runs 2 workers, every scrape holds both processes' own
+    metrics, labelled worker 1 and 2, whichever process took it."""
+    server = Sharqd(str(tmp_path), shared_redis(), extra_server="workers : 2").start()
+
+    def workers():
+        text = get(server, "/prometheus")[2].decode()
+        return {s.labels.get("worker") for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "process_resident_memory_bytes"}
+
+    try:
+        wait_for(lambda: workers() == {"1", "2"})  # the second starts a moment later
+        for _ in range(10):  # either process may take a scrape
+            assert workers() == {"1", "2"}
+    finally:
+        server.stop()  # SIGTERM: the parent stops the workers, removes the sockets
+
+
+def test_dashboard_read_routes(server):
+    """When the dashboard's read routes are asked, they answer the type's
+    figures, the busiest queues and the server's health."""
+    for qid, n in (("a", 1), ("b", 3)):
+        for j in range(n):
+            server.request("POST", f"/enqueue/sms/{qid}/",
+                           {"job_id": f"j{j}", "interval": 1000, "payload": {}})
+    status, body, _ = server.request("GET", "/queues/")
+    assert status == 200
+    (sms,) = body["queue_types"]
+    assert (sms["queue_type"], sms["pending"], sms["active"]) == ("sms", 4, 0)
+    status, body, _ = server.request("GET", "/queues/sms/?sort=pending&limit=1")
+    assert status == 200
+    assert [(q["queue_id"], q["pending"], q["interval"]) for q in body["queues"]] == [
+        ("b", 3, 1000)]
+    assert server.request("GET", "/queues/sms/?sort=age")[:2] == (
+        400, {"status": "failure", "message": "`sort` has an invalid value."})
+    status, body, _ = server.request("GET", "/health/")
+    assert (status, body["workers"], body["redis"]["reachable"]) == (200, 1, True)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", body["redis"]["version"])
+
+
+def test_dashboard_files(server):
+    """When /dashboard/ is opened, the page and its files come from the
+    package with their content types; an unknown file is a JSON 404."""
+    status, content_type, page = get(server, "/dashboard/")
+    assert (status, content_type) == (200, "text/html; charset=utf-8")
+    assert b"dashboard.js" in page
+    assert get(server, "/dashboard/dashboard.js")[1].startswith("text/javascript")
+    assert get(server, "/dashboard/dashboard.css")[1].startswith("text/css")
+    status, body, _ = server.request("GET", "/dashboard/nothing.js")
+    assert (status, body["status"]) == (404, "failure")
+
+
+# ---- the OpenAPI document
+
+def test_openapi_document_is_valid(server):
+    """When /openapi.json is fetched, it is the package's document and a
+    valid OpenAPI 3.1 document."""
+    status, content_type, body = get(server, "/openapi.json")
+    assert (status, content_type) == (200, "application/json")
+    document = json.loads(body)
+    assert document == json.loads(json.dumps(DOCUMENT))
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_openapi_has_every_route_and_no_other():
+    """Every route the server answers is in the document with its methods,
+    and every path and method of the document is a route of the server."""
+    served = set()
+    for rule in Api.app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        served |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, method) for path, ops in DOCUMENT["paths"].items()
+                  for method in ops}
+    assert served == documented
+
+
+def test_openapi_path_parameters_match_paths():
+    """Every {name} of a path is a documented path parameter and back."""
+    for path, ops in DOCUMENT["paths"].items():
+        names = set(re.findall(r"{(\w+)}", path))
+        for op in ops.values():
+            params = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+            assert params == names, path
