@@ -10,13 +10,14 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
+from sharqd.logs import json_observer
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
 from sharqd.redis.pubsub import NotifyService
 from sharqd.queue.operations import Queue
@@ -69,6 +70,15 @@ def listen_description(server):
 class SharqService(MultiService):
     """Stops its children one by one, newest first: the HTTP side drains
     before the requeue timer stops, and Redis closes last."""
+
+    log_observer = None  # the JSON log observer, with log_format = json
+
+    def setServiceParent(self, parent):
+        # twistd's application: its ILogObserver component, when set,
+        # replaces the text log twistd would start
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def stopService(self):
         return Deferred.fromCoroutine(self._stop_in_order())
@@ -130,6 +140,8 @@ def makeService(options, reactor=None):
                          f"{listen_description(config.server)!r}: {e}")
 
     top = SharqService()
+    if config.server.log_format == "json":
+        top.log_observer = json_observer(getattr(options, "parent", None) or {})
     redis = RedisService(config.redis)
     redis.setServiceParent(top)
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,

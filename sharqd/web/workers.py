@@ -4,6 +4,7 @@ that adopt its listening socket.  A worker that dies is logged and started
 again; stopping the parent stops them all.
 """
 
+import json
 import os
 import signal
 import sys
@@ -13,9 +14,22 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from sharqd.logs import WORKER_RECORD
+
 CHILD_FD = 3          # where a worker finds the listening socket
 RESTART_DELAY = 1.0   # seconds before a dead worker is started again
 STOP_SECONDS = 15     # a worker still running after this is killed
+
+
+def _json_record(text):
+    """A worker's JSON log line as a dict, or None for a text line."""
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class _Worker(ProcessProtocol):
@@ -32,8 +46,13 @@ class _Worker(ProcessProtocol):
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            self.log.info("[worker {n}] {line}", n=self.number,
-                          line=line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            record = _json_record(text)
+            if record is not None:  # log_format = json: pass it on as it is
+                self.log.info("[worker {n}] {line}", n=self.number, line=text,
+                              **{WORKER_RECORD: record})
+            else:
+                self.log.info("[worker {n}] {line}", n=self.number, line=text)
 
     errReceived = outReceived
 
