@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions deb deb-check
+.PHONY: run test bench bench-extensions bench-instructions deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -22,6 +22,12 @@ bench-extensions:
 	./scripts/setup.sh
 	.venv/bin/python bench/longpoll.py
 	.venv/bin/python bench/batch_enqueue.py
+
+# Instructions per enqueue/dequeue/finish under callgrind: the same count
+# on a busy machine, for before/after comparisons of CPU per request.
+bench-instructions:
+	./scripts/setup.sh valgrind
+	.venv/bin/python bench/instructions.py --twistd .venv/bin/twistd
 
 # Debian packaging (see README, "Install on Debian").
 
