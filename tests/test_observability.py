@@ -15,6 +15,7 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
+from sharqd.errors import Conflict, QueueFull
 from sharqd.web.app import Api
 from sharqd.web.openapi import DOCUMENT
 from support import Sharqd, make_queue, shared_redis
@@ -54,6 +55,41 @@ class TypeStatsTests(TestCase):
         stepped = await self.q.type_stats("sms", step=4)
         self.assertEqual(whole.pending, sum(i % 3 + 1 for i in range(23)))
         self.assertEqual(stepped, whole)
+
+    async def test_totals_count_each_event_once(self):
+        """When jobs are enqueued (single and batch), refused, dequeued,
+        finished, requeued and dead-lettered, the type's totals count each
+        event once, and /metrics/ counts the finishes per minute."""
+        await self.put("u1", "j1", limit=1)
+        await self.put("u1", "j2")
+        with self.assertRaises(Conflict):
+            await self.put("u1", "j1")
+        with self.assertRaises(QueueFull):
+            await self.q.enqueue("sms", "u1", "j3", 0, payload({}), -1, 2)
+        await self.q.enqueue_many("sms", [("u2", "k1", 0, payload({}), 0, None),
+                                          ("u2", "k1", 0, payload({}), 0, None),
+                                          ("u2", "k2", 0, payload({}), 0, 1)])
+        jobs, _ = await self.q.dequeue_many("sms", 10)  # j1 and k1
+        await self.q.finish_many("sms", [("u1", "j1"), ("u1", "nope")])
+        self.clock.advance(1.001)
+        await self.q.requeue("sms", 100)  # k1: budget 0, a dead letter
+        job = await self.q.dequeue("sms")  # j2
+        await self.q.finish("sms", job.queue_id, job.job_id)
+        stats = await self.q.type_stats("sms")
+        self.assertEqual(stats.totals, {
+            "enqueued": 3, "rejected_duplicate": 2, "rejected_max_queued_length": 2,
+            "dequeued": 3, "finished": 2, "requeued": 0, "dead_lettered": 1})
+        self.assertEqual(len(jobs), 2)
+        _, counts = await self.q.global_metrics()
+        self.assertEqual(sum(counts.finished), 2)
+
+    async def test_requeues_are_totalled(self):
+        """When a lease runs out and the job is put back, requeued counts it."""
+        await self.put("u1", "j1")
+        await self.q.dequeue("sms")
+        self.clock.advance(1.001)
+        await self.q.requeue("sms", 100)
+        self.assertEqual((await self.q.type_stats("sms")).totals["requeued"], 1)
 
     async def test_known_types_outlive_their_queues(self):
         """When a type's last queue is gone after a read, the type is still

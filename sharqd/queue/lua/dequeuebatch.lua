@@ -14,5 +14,6 @@ for _ = 1, wanted do
     qid, jid, payload, budget, left
 end
 count_tally('dequeued', tally)
+add_total('dequeued', (#reply - 1) / 5)
 reply[1] = next_ready_in()
 return reply

@@ -84,4 +84,5 @@ if stored > 0 then
   redis.call('PEXPIRE', g, 660000)
 end
 notify_ready()
+add_enqueue_totals(reply)
 return reply
