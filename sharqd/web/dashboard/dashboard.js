@@ -7,7 +7,8 @@ const REFRESH_MS = 1000 * (Number(params.get("refresh")) || 5);
 const SVG = "http://www.w3.org/2000/svg";
 const SERIES = [["enqueued", "enqueue_counts"], ["dequeued", "dequeue_counts"],
                 ["finished", "finish_counts"]];
-let selected = decodeURIComponent((location.hash.match(/type=([^&]+)/) || [])[1] || "");
+const typeInHash = () => decodeURIComponent((location.hash.match(/type=([^&]+)/) || [])[1] || "");
+let selected = typeInHash();
 let refreshes = 0;
 
 const $ = (selector) => document.querySelector(selector);
@@ -103,12 +104,16 @@ function chart(metrics) {
   svg.replaceChildren();
   const minutes = Object.keys(metrics.enqueue_counts).map(Number).sort((a, b) => a - b);
   const values = SERIES.map(([, key]) => minutes.map((m) => (metrics[key] || {})[m] || 0));
-  const top = niceMax(Math.max(1, ...values.flat()));
-  const [left, right, upper, lower] = [48, 744, 12, 190];
+  const top = niceMax(Math.max(5, ...values.flat()));
+  // draw in the element's own pixels, so text keeps its size at any width
+  const width = Math.max(320, Math.round(svg.getBoundingClientRect().width) || 760);
+  const height = 220;
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const [left, right, upper, lower] = [48, width - 16, 12, height - 30];
   const x = (i) => left + (right - left) * i / Math.max(1, minutes.length - 1);
   const y = (v) => lower - (lower - upper) * v / top;
-  for (let k = 0; k <= 4; k++) {
-    const v = top * k / 4;
+  for (let k = 0; k <= 5; k++) {
+    const v = top * k / 5;
     add(svg, "line", {x1: left, x2: right, y1: y(v), y2: y(v), class: "grid"});
     add(svg, "text", {x: left - 8, y: y(v) + 4, "text-anchor": "end", class: "axis"},
         number(Math.round(v)));
@@ -129,10 +134,11 @@ function chart(metrics) {
   });
 }
 
+// The chart's top: 5, 10, 20, 50, 100, ... (five whole-number steps).
 function niceMax(value) {
   const step = Math.pow(10, Math.floor(Math.log10(value)));
-  for (const m of [1, 2, 2.5, 5, 10]) {
-    if (m * step >= value) return m * step;
+  for (const m of [1, 2, 5, 10]) {
+    if (m * step >= value && m * step >= 5) return m * step;
   }
   return 10 * step;
 }
@@ -246,5 +252,8 @@ async function refresh() {
   }
 }
 
+window.addEventListener("hashchange", () => {
+  if (typeInHash() && typeInHash() !== selected) select(typeInHash());
+});
 refresh();
 setInterval(refresh, REFRESH_MS);
