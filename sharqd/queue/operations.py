@@ -51,9 +51,10 @@ class Counts:
 
 # Queues one stats or top-queues call reads: keeps each call well under a
 # millisecond of Redis time, so concurrent enqueues are not held up.
-STATS_STEP = 500
-# Types read at once during a scrape (each a few short script calls).
-STATS_PARALLEL = 16
+STATS_STEP = 100
+# Script calls of a scrape in flight at once: as many as connections, so a
+# request's command waits behind at most one of them.
+STATS_PARALLEL = 4
 TOTALS = ("enqueued", "dequeued", "finished", "requeued", "dead_lettered",
           "rejected_duplicate", "rejected_max_queued_length")
 
@@ -78,6 +79,14 @@ class QueueRow:
     active: int
     interval: int
     ready_at: int  # epoch ms
+
+
+async def _gather(deferreds):
+    """Their results in order, or the first failure itself (503, ...)."""
+    try:
+        return await gatherResults(deferreds, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
 
 
 def _duplicate(queue_type, queue_id, job_id):
@@ -276,17 +285,20 @@ class Queue:
 
     # ---- figures for /prometheus and the dashboard
 
-    async def type_stats(self, queue_type, step=STATS_STEP):
-        """A TypeStats, read in calls of up to step queues each."""
-        reply = await self._run("stats", queue_type, 0, step)
-        offset, pending = int(reply[0]), int(reply[1])
-        active, ready, dead, head, now = (int(n) for n in reply[2:7])
-        raw = reply[7]
+    async def type_stats(self, queue_type, step=STATS_STEP, limit=None):
+        """A TypeStats, read in script calls of up to step queues each, at
+        most limit.tokens (a DeferredSemaphore) in flight at once."""
+        limit = limit or DeferredSemaphore(STATS_PARALLEL)
+        reply = await limit.run(self._run, "stats", queue_type, 0, step)
+        pending, active, ready, dead, head, now = (int(n) for n in reply[:6])
+        raw, size = reply[6], int(reply[7])
         totals = {name: 0 for name in TOTALS}
         totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2))
-        while offset:
-            reply = await self._run("stats", queue_type, offset, step)
-            offset, pending = int(reply[0]), pending + int(reply[1])
+        # the rest of the ready set, in steps; concurrent queue changes may
+        # move a queue between steps: a gauge, not an atomic count
+        rest = await _gather([limit.run(self._run, "stats", queue_type, offset, step)
+                              for offset in range(step, size, step)])
+        pending += sum(int(r[0]) for r in rest)
         age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
         return TypeStats(queue_type, pending, active, ready, dead, age, totals)
 
@@ -300,15 +312,12 @@ class Queue:
         return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
 
     async def all_type_stats(self, step=STATS_STEP):
-        """TypeStats of every known type, a few types at a time."""
+        """TypeStats of every known type; STATS_PARALLEL calls at a time
+        over all of them."""
         types = await self.known_types()
         limit = DeferredSemaphore(STATS_PARALLEL)
-        try:
-            return await gatherResults([
-                limit.run(lambda t: Deferred.fromCoroutine(self.type_stats(t, step)), t)
-                for t in types], consumeErrors=True)
-        except FirstError as e:  # the first failure itself (503, ...)
-            e.subFailure.raiseException()
+        return await _gather([Deferred.fromCoroutine(self.type_stats(t, step, limit))
+                              for t in types])
 
     async def top_queues(self, queue_type, limit=50, step=STATS_STEP):
         """The limit queues of the type with the most pending jobs, as

@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
@@ -113,6 +114,11 @@ class ProcessMetrics:
 
     def collect(self):
         return self.registry.collect()
+
+
+def _encode(stats, families, accept):
+    encoder, content_type = choose_encoder(accept)
+    return content_type, encoder(_Families(queue_families(stats) + families))
 
 
 class _Families:
@@ -215,10 +221,13 @@ class Exposition:
         return _merge(groups)
 
     async def render(self, stats, accept):
-        """(content type, body) for a list of TypeStats and an Accept header."""
-        families = queue_families(stats) + await self.process_families()
-        encoder, content_type = choose_encoder(accept or "")
-        return content_type, encoder(_Families(families))
+        """(content type, body) for a list of TypeStats and an Accept header.
+        The families are built and encoded in a thread: with 1,000 types
+        that is tens of milliseconds of Python, which would otherwise hold
+        up every request this process is serving."""
+        families = await self.process_families()
+        return await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                       _encode, stats, families, accept or "")
 
 
 class OwnMetricsResource(Resource):
