@@ -108,6 +108,10 @@ for f in "$VENV/bin/twistd" "$CONF" /etc/logrotate.d/sharqd /lib/systemd/system/
 done
 [ "$(readlink /usr/bin/sharq-server)" = "$VENV/bin/sharq-server" ] ||
     fail "install: /usr/bin/sharq-server is not a symlink to $VENV/bin/sharq-server"
+[ "$(readlink /usr/bin/sharqctl)" = "$VENV/bin/sharqctl" ] ||
+    fail "install: /usr/bin/sharqctl is not a symlink to $VENV/bin/sharqctl"
+"$VENV/bin/python" -c 'import sharqd_client.original, sharqd_client.cli' ||
+    fail "install: sharqctl's modules (redis, msgpack, click, rich) do not import"
 [ "$(stat -c %U /var/lib/sharqd)" = sharqd ] && [ "$(stat -c %U /var/log/sharqd)" = sharqd ] ||
     fail "install: /var/lib/sharqd and /var/log/sharqd not owned by sharqd"
 ls "$VENV"/lib/python3*/site-packages/twisted/plugins/dropin.cache >/dev/null 2>&1 ||
@@ -171,6 +175,10 @@ pass "dequeue -> $CODE $BODY"
 http POST "/finish/$QT/u1/j1/"
 [ "$CODE" = 200 ] || fail "finish -> $CODE $BODY"
 pass "finish -> $CODE $BODY"
+/usr/bin/sharqctl --url "$URL" enqueue "$QT" u2 --payload '{"b": 2}' --job-id j2 >/dev/null &&
+    /usr/bin/sharqctl --url "$URL" --json queues "$QT" | grep -q '"u2"' ||
+    fail "sharqctl enqueue / queues"
+pass "sharqctl enqueue + queues"
 
 # --- 8. logs -----------------------------------------------------------
 for _ in $(seq 10); do [ -s "$ACCESS_LOG" ] && break; sleep 0.5; done

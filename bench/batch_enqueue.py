@@ -7,7 +7,7 @@ Batch bench: one client, one keep-alive connection, to a sharqd of its own
   3. batch dequeue: GET /dequeue/<type>/?count=100 until the jobs are gone
   4. batch finish: POST /finish/<type>/ of what was dequeued, 1,000 a call
 
-    /work/venv/bin/python bench/batch_enqueue.py [--batches 100] [--size 1000]
+    .venv/bin/python bench/batch_enqueue.py [--batches 100] [--size 1000]
 
 Jobs go to --queues queues (interval 0) with a ~60-byte payload.
 """

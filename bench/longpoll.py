@@ -10,7 +10,7 @@ sharqd of its own (loopback, own redis-server, `twistd -n sharq`).
   4. interval: one queue with interval 100 ms and 50 jobs; how late each
      delivery is after the previous one + 100 ms (the job "becoming ready")
 
-    /work/venv/bin/python bench/longpoll.py [--clients 1000] [--idle 10]
+    .venv/bin/python bench/longpoll.py [--clients 1000] [--idle 10]
 
 Bounded in time: the whole run is cancelled after --limit seconds.
 """

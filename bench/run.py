@@ -45,6 +45,12 @@ from resp import Redis, RespError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+
+
+def in_repo(text):
+    """text with this checkout's absolute path written as a relative one:
+    the results name no path of the machine they were taken on."""
+    return str(text).replace(str(ROOT) + os.sep, "").replace(str(ROOT), ".")
 LUA_DIR = ROOT / "sharqd" / "queue" / "lua"
 PREFIX = "sharq_server"
 QTYPE = "bench"
@@ -956,8 +962,9 @@ def machine_meta(rs, twistd, env, args, wrk_bin):
         ("wrk", f"{wrk_v}, -t2, {args.duration} s per run, {args.runs} runs at 32 "
                 f"connections, {args.runs64} at 64 (+ an uncounted 2 s warm-up per "
                 "workload)"),
-        ("sharqd", f"`{twistd} -n --pidfile= sharq -c CONF`; sharqd module: {where}; "
-                   f"tree {ROOT} at {git}{' (uncommitted changes in sharqd/)' if dirty else ''}"),
+        ("sharqd", f"`{in_repo(twistd)} -n --pidfile= sharq -c CONF`; sharqd module: "
+                   f"{in_repo(where)}; tree at {git}"
+                   f"{' (uncommitted changes in sharqd/)' if dirty else ''}"),
         ("Config", f"job_expire_interval {args.job_expire_ms}, job_requeue_interval 1000, "
                    f"key_prefix {PREFIX}; queue type `{QTYPE}`, {NQUEUES} queues, "
                    "interval 0; dequeue workloads are pre-filled straight in Redis "
@@ -1049,7 +1056,7 @@ def main():
         if runs:
             meta.append(("Machine load", load_summary(runs, load_start)))
         meta.append(("Bench run time", f"{total / 60:.1f} min "
-                     f"(`{' '.join([Path(sys.argv[0]).name] + sys.argv[1:])}`)"))
+                     f"(`{in_repo(' '.join([Path(sys.argv[0]).name] + sys.argv[1:]))}`)"))
         text = report(meta, raw, scaling, runs, notes, floors(summarize(runs), scaling))
         print(text)
         Path(args.out).write_text(text + "\n")

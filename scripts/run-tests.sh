@@ -17,4 +17,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -x .venv-test/bin/pytest ] || python3 -m venv .venv-test
 .venv-test/bin/pip install -q -r requirements-test.txt
+.venv-test/bin/pip install -q --no-deps -r requirements-original.txt
 exec .venv-test/bin/pytest -q tests "$@"

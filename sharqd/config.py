@@ -57,19 +57,7 @@ class Config:
 
     @classmethod
     def from_file(cls, path):
-        parser = configparser.ConfigParser(
-            inline_comment_prefixes=(";", "#"), interpolation=None
-        )
-        try:
-            with open(path, encoding="utf-8") as f:
-                parser.read_file(f)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config file: {e.strerror}")
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: config file is not UTF-8 text")
-        except configparser.Error as e:
-            raise ConfigError(f"{path}: not a valid INI file: {_one_line(e)}")
-        return cls.from_dict({s: dict(parser[s]) for s in parser.sections()}, path)
+        return cls.from_dict(read_sections(path), path)
 
     @classmethod
     def from_dict(cls, sections, source="<dict>"):
@@ -85,6 +73,23 @@ class Config:
         _check_redis(config.redis, reader)
         _check_server(config.server, reader)
         return config
+
+
+def read_sections(path):
+    """The INI file as {section: {key: text}}."""
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";", "#"), interpolation=None
+    )
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text")
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: not a valid INI file: {_one_line(e)}")
+    return {s: dict(parser[s]) for s in parser.sections()}
 
 
 def _one_line(error):

@@ -17,6 +17,7 @@ from twisted.web.server import Site
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
+from sharqd.gunicorn_config import load as load_with_gunicorn
 from sharqd.logs import json_observer
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
 from sharqd.redis.pubsub import NotifyService
@@ -36,6 +37,9 @@ class Options(usage.Options):
     longdesc = "Run sharqd, the SharQ Server API over Redis, from a SharQ config file."
     optParameters = [
         ["config", "c", None, "Path of the SharQ configuration file."],
+        ["gunicorn-config", None, None,
+         "Path of a gunicorn config file (the original's -gc): its bind, "
+         "workers and accesslog apply where the SharQ config does not set them."],
         # internal: a worker process serves on its parent's listening socket
         ["adopt-fd", None, None, None, int],
         # internal: a worker's number, and where the workers' metrics sockets are
@@ -54,7 +58,12 @@ class Options(usage.Options):
         # A bad config is one line on stderr and exit status 1: SystemExit
         # carries through twistd without a traceback or the usage text.
         try:
-            self.loaded = Config.from_file(self["config"])
+            if self["gunicorn-config"]:
+                self.loaded = load_with_gunicorn(
+                    self["config"], self["gunicorn-config"],
+                    quiet=self["adopt-fd"] is not None)
+            else:
+                self.loaded = Config.from_file(self["config"])
         except ConfigError as e:
             raise SystemExit(f"sharqd: {e}")
 
@@ -65,6 +74,14 @@ def listen_description(server):
         return server.listen
     host = server.host.replace(":", "\\:")  # IPv6 literals
     return f"tcp:{server.port}:interface={host}"
+
+
+def config_args(options):
+    """The config options again, for the worker processes."""
+    args = ["-c", options["config"]]
+    if options["gunicorn-config"]:
+        args += ["--gunicorn-config", options["gunicorn-config"]]
+    return args
 
 
 class SharqService(MultiService):
@@ -173,6 +190,6 @@ def makeService(options, reactor=None):
     http = HTTPService(endpoint, site, reactor, description=where)
     http.setServiceParent(top)
     if config.server.workers > 1:
-        WorkerPool(config.server.workers, options["config"], http,
+        WorkerPool(config.server.workers, config_args(options), http,
                    reactor, metrics_dir=folder).setServiceParent(top)
     return top

@@ -1,6 +1,8 @@
 """
-Test support: real redis-server processes on free ports, and a connected
-RedisService for a test.  No fake Redis anywhere.
+The one test harness: real redis-server and sharqd (`twistd -n sharq`)
+processes on free ports, waits on observable conditions (a log line, a
+command reaching Redis, a connection's TCP state), and a connected
+RedisService for a test.  No fake Redis anywhere, no sleep-and-hope.
 """
 
 import atexit
@@ -100,6 +102,75 @@ def unique_prefix():
     return "t" + uuid.uuid4().hex[:12]
 
 
+def wait_for(check, timeout=10.0, step=0.02):
+    """Poll check() until it gives something true, and return that; fail
+    after timeout seconds (a generous bound: the machine may be busy)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(step)
+
+
+class RedisMonitor:
+    """A MONITOR connection: sees every command Redis runs, as it runs it."""
+
+    def __init__(self, redis):
+        self.sock = socket.create_connection(("127.0.0.1", redis.port), 5)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.seen = b""
+
+    def wait_count(self, text, count, timeout=10.0):
+        """Wait until `count` commands mentioning text have run."""
+        text = text.encode() if isinstance(text, str) else text
+        deadline = time.monotonic() + timeout
+        while self.seen.count(text) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"Redis did not run {count} commands with {text!r}")
+            self.sock.settimeout(left)
+            try:
+                self.seen += self.sock.recv(65536)
+            except socket.timeout:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+_OPEN_TCP_STATES = {"01", "08"}  # ESTABLISHED, CLOSE_WAIT: not yet closed
+
+
+def server_side_open(port, client_port):
+    """Whether the server listening on port still holds its end of the
+    connection from client_port open (from /proc/net/tcp, loopback IPv4)."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (int(local.split(":")[1], 16) == port and
+                    int(remote.split(":")[1], 16) == client_port and
+                    state in _OPEN_TCP_STATES):
+                return True
+    return False
+
+
+def has_unread_input(port):
+    """Whether a connection to the server listening on port holds bytes the
+    server has not read yet (its receive queue, from /proc/net/tcp): e.g. a
+    command waiting in a paused Redis."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, queues = fields[1], fields[4]
+            if int(local.split(":")[1], 16) == port and int(queues.split(":")[1], 16):
+                return True
+    return False
+
+
 async def wait_until(predicate, timeout=10.0, step=0.02):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -154,11 +225,27 @@ async def make_queue(testcase, unix=False, expire_ms=1000):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def run_twistd(*args, cwd=None, timeout=30):
+    """Run `twistd ARGS` on the tree under test to its end."""
+    return subprocess.run([*TWISTD, *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), cwd=cwd, timeout=timeout)
+
+
+def run_sharq_server(*args, timeout=30):
+    """Run `sharq-server ARGS` on the tree under test to its end."""
+    return subprocess.run([sys.executable, "-m", "sharqd.cli", *args],
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=timeout)
+
+
 class Sharqd:
     """`twistd -n sharq -c FILE` as a subprocess, on the tree under test."""
 
     def __init__(self, tmpdir, redis, extra_server="", extra_sharq="", extra_redis="",
-                 unix=False):
+                 unix=False, prefix=None):
         self.port = free_port()
         self.tmpdir = tmpdir
         self.config_path = os.path.join(tmpdir, f"sharq-{self.port}.conf")
@@ -171,13 +258,12 @@ class Sharqd:
             f.write(f"[sharq]\njob_expire_interval : 500\njob_requeue_interval : 100\n"
                     f"{extra_sharq}\n"
                     f"[sharq-server]\nhost : 127.0.0.1\nport : {self.port}\n{extra_server}\n"
-                    f"[redis]\n{where}timeout : 1\nkey_prefix : {unique_prefix()}\n"
+                    f"[redis]\n{where}timeout : 1\nkey_prefix : {prefix or unique_prefix()}\n"
                     f"{extra_redis}\n")
         self.process = None
 
     def command(self):
-        return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "sharq", "-c", self.config_path]
+        return [*TWISTD, "-n", "--pidfile=", "sharq", "-c", self.config_path]
 
     def start(self, wait=True):
         env = dict(os.environ, PYTHONPATH=ROOT)
@@ -187,6 +273,13 @@ class Sharqd:
         if wait:
             self.wait_listening()
         return self
+
+    def listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+        except OSError:
+            return False
 
     def wait_listening(self, timeout=15):
         deadline = time.monotonic() + timeout
@@ -199,6 +292,14 @@ class Sharqd:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("sharqd did not listen:\n" + self.read_log())
+
+    def wait_log(self, text, count=1, timeout=15):
+        """Wait until text is in the log count times (e.g. a startup or
+        shutdown line)."""
+        wait_for(lambda: self.read_log().count(text) >= count, timeout)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def read_log(self):
         with open(self.log_path, errors="replace") as f:

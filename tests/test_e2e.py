@@ -10,12 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
-from support import ROOT, RedisServer, Sharqd, shared_redis
+from support import (RedisServer, Sharqd, has_unread_input, run_sharq_server,
+                     run_twistd, shared_redis, wait_for)
+
+pytestmark = pytest.mark.slow
 
 # twistd ends by re-raising the signal that stopped it, after a clean
 # shutdown (systemd counts that as success)
@@ -45,16 +47,6 @@ def servers(tmp_path):
 
 def job(job_id, interval=0, **extra):
     return {"job_id": job_id, "interval": interval, "payload": {"id": job_id}, **extra}
-
-
-def wait_for(check, timeout=10, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def drain(server, qtype="sms", timeout=10, expect=None):
@@ -182,16 +174,18 @@ def test_sigterm_finishes_in_flight_requests(servers, own_redis):
     server = servers(own_redis)
     server.request("POST", "/enqueue/sms/u1/", job("j1"))
     own_redis.pause()
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(
-        answer=server.request("GET", "/dequeue/sms/")))
-    thread.start()
-    time.sleep(0.3)
+    client = socket.create_connection(("127.0.0.1", server.port), 10)
+    client.sendall(b"GET /dequeue/sms/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    # in flight: sharqd has read the request (nothing left unread on its
+    # side) and waits on the paused Redis
+    wait_for(lambda: not has_unread_input(server.port))
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
+    server.wait_log("Received SIGTERM")  # the shutdown began with it in flight
     own_redis.resume()
-    thread.join(10)
-    assert result["answer"][0] == 200
+    client.settimeout(10)
+    reply = b"".join(iter(lambda: client.recv(4096), b""))
+    client.close()
+    assert reply.split(b" ", 2)[1] == b"200"
     assert server.process.wait(15) in STOPPED_CLEANLY
     assert "Server Shut Down" in server.read_log()
 
@@ -272,13 +266,6 @@ def test_two_workers_share_the_port(servers):
     assert subprocess.run(["pgrep", "-f", server.config_path]).returncode == 1
 
 
-def run_twistd(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=30)
-
-
 def test_bad_config_is_one_line_and_exit_1(tmp_path):
     """When the config has a bad value, sharqd prints one line naming the
     file, section, key and value and exits 1, without a traceback."""
@@ -314,26 +301,16 @@ def test_daemon_mode_writes_and_removes_pidfile(tmp_path):
     assert result.returncode == 0, result.stderr
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
     try:
-        wait_for(lambda: server.request("GET", "/")[0] == 200 if _listening(server) else None)
+        wait_for(lambda: server.request("GET", "/")[0] == 200 if server.listening() else None)
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pidfile.exists(), timeout=15)
 
 
-def _listening(server):
-    try:
-        socket.create_connection(("127.0.0.1", server.port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_sharq_server_command(tmp_path):
     """When started as `sharq-server -c FILE`, the same service runs in the
     foreground; --version prints the version."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    version = subprocess.run([sys.executable, "-m", "sharqd.cli", "--version"],
-                             capture_output=True, text=True, env=env)
+    version = run_sharq_server("--version")
     assert version.stdout.startswith("sharqd ")
     server = Sharqd(str(tmp_path), shared_redis())
     server.command = lambda: [sys.executable, "-m", "sharqd.cli", "-c", server.config_path]
@@ -342,3 +319,40 @@ def test_sharq_server_command(tmp_path):
         assert server.request("GET", "/")[1] == {"message": "Hello, SharQ!"}
     finally:
         assert server.stop() in STOPPED_CLEANLY
+
+
+def test_sharq_server_gunicorn_config(tmp_path):
+    """When started as `sharq-server -c FILE -gc GUNICORN_FILE` and the sharq
+    config leaves them out, sharqd listens on the gunicorn bind and writes
+    its accesslog; a setting it does not use is named in one log line."""
+    server = Sharqd(str(tmp_path), shared_redis())
+    with open(server.config_path) as f:
+        sharq = "".join(line for line in f if not line.startswith(("host", "port")))
+    with open(server.config_path, "w") as f:
+        f.write(sharq.replace("[redis]\n", f"[redis]\nhost : 127.0.0.1\n"
+                                           f"port : {shared_redis().port}\n"))
+    access = tmp_path / "access.log"
+    gunicorn = tmp_path / "gunicorn.conf.py"
+    gunicorn.write_text(f"bind = ['127.0.0.1:{server.port}']\n"
+                        f"accesslog = {str(access)!r}\nworker_class = 'gevent'\n")
+    server.command = lambda: [sys.executable, "-m", "sharqd.cli", "-c", server.config_path,
+                              "-gc", str(gunicorn)]
+    server.start()
+    try:
+        assert server.request("GET", "/")[1] == {"message": "Hello, SharQ!"}
+        wait_for(lambda: access.exists() and '"GET / HTTP/1.1" 200' in access.read_text())
+        assert server.read_log().count("'worker_class' ignored") == 1
+    finally:
+        assert server.stop() in STOPPED_CLEANLY
+
+
+def test_sharq_server_bad_gunicorn_config_is_one_line(tmp_path):
+    """When the -gc file cannot be read, sharq-server prints one line naming
+    it and exits 1."""
+    conf = tmp_path / "sharq.conf"
+    conf.write_text("[sharq]\n")
+    missing = tmp_path / "gunicorn.conf.py"
+    result = run_sharq_server("-c", str(conf), "-gc", str(missing))
+    assert result.returncode == 1
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        f"sharqd: {missing}: cannot read gunicorn config file: no such file"]

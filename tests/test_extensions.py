@@ -9,8 +9,9 @@ import json
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull
+from sharqd.queue.operations import BatchJob, Queue
 from sharqd.redis.pubsub import NotifyService
-from support import Recorder, make_queue, shared_redis, wait_until
+from support import Recorder, make_queue, shared_redis, unique_prefix, wait_until
 
 
 def payload(value):
@@ -18,8 +19,26 @@ def payload(value):
 
 
 def job(job_id, queue_id="q1", interval=1000, limit=-1, value=None, max_length=None):
-    return (queue_id, job_id, interval, payload(value or {"job": job_id}), limit,
-            max_length)
+    return BatchJob(queue_id, job_id, interval, payload(value or {"job": job_id}),
+                    limit, max_length)
+
+
+async def dump(queue):
+    """Every key of a queue's prefix (the prefix cut off) with its value and
+    whether it expires."""
+    read = {b"hash": "HGETALL", b"list": "LRANGE", b"set": "SMEMBERS",
+            b"zset": "ZRANGE", b"string": "GET"}
+    keys = await queue.execute(b"KEYS", queue.prefix + ":*")
+    state = {}
+    for key in keys:
+        kind = await queue.execute(b"TYPE", key)
+        args = {b"list": (0, -1), b"zset": (0, -1, b"WITHSCORES")}.get(kind, ())
+        value = await queue.execute(read[kind], key, *args)
+        if kind in (b"hash", b"set"):
+            value = sorted(value)
+        expires = await queue.execute(b"PTTL", key) > 0
+        state[key.decode()[len(queue.prefix):]] = (kind, value, expires)
+    return state
 
 
 class Batches(TestCase):
@@ -51,6 +70,30 @@ class Batches(TestCase):
         self.assertEqual(results[3].extra, {"current_queue_length": 2})
         self.assertEqual(results[4], 1)
         self.assertEqual(await self.q.queue_ids("sms"), ["q1", "q2"])
+
+    async def test_enqueue_many_leaves_what_single_enqueues_leave(self):
+        """When a batch is enqueued, Redis holds exactly what the same jobs
+        enqueued one by one, in order, leave: keys, values, expiries."""
+        single = Queue(self.q.execute, unique_prefix(), 1000, clock=self.clock)
+        for q in (self.q, single):  # an override that later intervals keep (R6)
+            await q.enqueue("sms", "q3", "seed", 100, b"{}", -1)
+            await q.set_interval("sms", "q3", 5000)
+            await q.dequeue("sms")
+        jobs = [job("a"), job("b", interval=250, limit=3), job("a"),
+                job("c", queue_id="q2", max_length=0), job("d", queue_id="q2"),
+                job("e", queue_id="q2", max_length=1), job("f", queue_id="q3"),
+                job("g", interval=0, value=[1, "x"])]
+        self.clock.advance(0.1)
+        batch = await self.q.enqueue_many("sms", jobs)
+        singles = []
+        for j in jobs:
+            try:
+                singles.append(await single.enqueue("sms", *j))
+            except (Conflict, QueueFull) as e:
+                singles.append(e)
+        self.assertEqual([r if type(r) is int else type(r) for r in batch],
+                         [r if type(r) is int else type(r) for r in singles])
+        self.assertEqual(await dump(self.q), await dump(single))
 
     async def test_enqueue_many_counts_enqueues(self):
         """When a batch is stored, the minute's enqueue counters grow by the

@@ -5,89 +5,24 @@ enqueue through the other.
 """
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 
+import pytest
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 
-from support import RedisServer, free_port, unique_prefix
+from support import (RedisMonitor, RedisServer, Sharqd, server_side_open,
+                     unique_prefix, wait_until)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-
-CONF = """\
-[sharq]
-job_expire_interval : 5000
-job_requeue_interval : 1000
-
-[sharq-server]
-host : 127.0.0.1
-port : {port}
-
-[redis]
-host : 127.0.0.1
-port : {redis_port}
-key_prefix : {prefix}
-"""
-
-
-class Sharqd:
-    """One sharqd process of our own."""
-
-    def __init__(self, directory, redis_port, prefix):
-        self.port = free_port()
-        self.dir = directory
-        self.conf = os.path.join(directory, f"sharq-{self.port}.conf")
-        with open(self.conf, "w") as f:
-            f.write(CONF.format(port=self.port, redis_port=redis_port, prefix=prefix))
-        self.log = open(os.path.join(directory, f"sharqd-{self.port}.log"), "wb")
-        self.process = None
-
-    def start(self):
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "sharq", "-c", self.conf],
-            cwd=self.dir, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sharqd exited: {self.output()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
-                    pass
-                if b"Subscribed to" in self.output():
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"sharqd did not start: {self.output()}")
-
-    def output(self):
-        with open(self.log.name, "rb") as f:
-            return f.read()
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.log.close()
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
+pytestmark = pytest.mark.slow
 
 
 class TwoProcesses(TestCase):
@@ -99,12 +34,22 @@ class TwoProcesses(TestCase):
         self.redis = RedisServer().start()
         self.addCleanup(self.redis.cleanup)
         prefix = unique_prefix()
-        self.a = Sharqd(self.dir, self.redis.port, prefix)
-        self.b = Sharqd(self.dir, self.redis.port, prefix)
+        self.a = Sharqd(self.dir, self.redis, prefix=prefix)
+        self.b = Sharqd(self.dir, self.redis, prefix=prefix)
         for process in (self.a, self.b):
             self.addCleanup(process.stop)
             process.start()
+            process.wait_log("Subscribed to")
         self.pool = HTTPConnectionPool(reactor, persistent=False)
+        # a dequeue of type lp reaching Redis: the key base "<prefix>:{lp}"
+        self.monitor = RedisMonitor(self.redis)
+        self.addCleanup(self.monitor.close)
+        self.lp = f"{prefix}:{{lp}}"
+
+    async def redis_ran(self, text, count):
+        """Wait (off the reactor thread) until Redis ran count commands
+        mentioning text."""
+        await deferToThread(self.monitor.wait_count, text, count)
 
     async def http(self, method, url, body=None):
         response = await treq.request(method, url, pool=self.pool,
@@ -116,7 +61,8 @@ class TwoProcesses(TestCase):
         process B, A answers at once, well before the wait runs out."""
         started = time.monotonic()
         waiting = ensureDeferred(self.http("GET", self.a.url("/dequeue/lp/?wait=20")))
-        await deferLater(reactor, 0.5, lambda: None)
+        await self.redis_ran(self.lp, 1)  # A looked, found nothing: it waits
+        await deferLater(reactor, 0.5, lambda: None)  # and keeps waiting
         self.assertFalse(waiting.called)
         enqueued = time.monotonic()
         code, _ = await self.http("POST", self.b.url("/enqueue/lp/q1/"),
@@ -136,11 +82,13 @@ class TwoProcesses(TestCase):
         would give it to the older one otherwise)."""
         gone = socket.create_connection(("127.0.0.1", self.a.port))
         gone.sendall(b"GET /dequeue/lp/?wait=20 HTTP/1.1\r\nHost: a\r\n\r\n")
-        await deferLater(reactor, 0.3, lambda: None)
+        await self.redis_ran(self.lp, 1)  # the first client waits
+        client_port = gone.getsockname()[1]
         gone.close()
-        await deferLater(reactor, 0.3, lambda: None)
+        # A has seen the hang-up when it closed its end of that connection
+        await wait_until(lambda: not server_side_open(self.a.port, client_port))
         waiting = ensureDeferred(self.http("GET", self.a.url("/dequeue/lp/?wait=5")))
-        await deferLater(reactor, 0.3, lambda: None)
+        await self.redis_ran(self.lp, 2)  # the second client waits
         await self.http("POST", self.b.url("/enqueue/lp/q1/"),
                         {"job_id": "j1", "interval": 0, "payload": 1})
         code, body = await waiting

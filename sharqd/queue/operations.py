@@ -6,6 +6,7 @@ function.  Inputs are already validated; results are plain Python values.
 import heapq
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
@@ -27,6 +28,17 @@ SCRIPTS = {name: load_script(name) for name in (
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
     "deadletters", "stats", "topqueues")}
 LOCK = load_script("lock", shared=False)
+
+
+class BatchJob(NamedTuple):
+    """One job of a batch enqueue, validated.  payload is JSON text (UTF-8);
+    max_queued_length None means no limit."""
+    queue_id: str
+    job_id: str
+    interval: int
+    payload: bytes
+    requeue_limit: int
+    max_queued_length: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -208,24 +220,24 @@ class Queue:
     # ---- batches, long-poll support, leases, dead letters
 
     async def enqueue_many(self, queue_type, jobs):
-        """Store jobs (queue_id, job_id, interval, payload, requeue_limit,
-        max_queued_length) in one script call.  Returns, per job, None when
-        stored, else the error the single enqueue would raise."""
+        """Store BatchJobs in one script call.  Returns, per job, the
+        queue's pending length after it when stored, else the error the
+        single enqueue would raise."""
         # the small fields in one argument, then the payloads: far cheaper
         # to send than six arguments per job
         fields = "".join(
-            f"{queue_id} {job_id} {interval} {limit} "
-            f"{'-' if max_length is None else max_length} "
-            for queue_id, job_id, interval, _, limit, max_length in jobs)
+            f"{job.queue_id} {job.job_id} {job.interval} {job.requeue_limit} "
+            f"{'-' if job.max_queued_length is None else job.max_queued_length} "
+            for job in jobs)
         reply = await self._run("enqueuebatch", queue_type, fields,
-                                *(job[3] for job in jobs))
+                                *(job.payload for job in jobs))
         results = []
         for i, job in enumerate(jobs):
             code, length = reply[2 * i], reply[2 * i + 1]
             if code == 201:
                 results.append(length)
             elif code == 409:
-                results.append(_duplicate(queue_type, job[0], job[1]))
+                results.append(_duplicate(queue_type, job.queue_id, job.job_id))
             else:
                 results.append(QueueFull(current_queue_length=length))
         return results

@@ -305,7 +305,7 @@ class Api:
             for i, job, outcome in zip(where, valid, stored):
                 if isinstance(outcome, SharqError):
                     results[i] = _failure(outcome)
-                elif job[5] is None:
+                elif job.max_queued_length is None:
                     results[i] = _QUEUED
                 else:  # as the single route: the length the check saw
                     results[i] = {"status": "queued", "current_queue_length": outcome - 1}

@@ -8,6 +8,7 @@ import json.encoder
 import re
 
 from sharqd.errors import BadRequest
+from sharqd.queue.operations import BatchJob
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -202,12 +203,12 @@ def queue_id_field(job):
 
 
 def batch_enqueue_job(job, default_requeue_limit):
-    """(queue_id, job_id, interval, encoded payload, requeue_limit,
-    max_queued_length) of one job of a batch enqueue."""
+    """The BatchJob of one job of a batch enqueue (payload encoded)."""
     queue_id = queue_id_field(batch_job(job))
     job_id, interval, payload, limit, max_length = enqueue_fields(
         job, default_requeue_limit)
-    return queue_id, job_id, interval, encode_payload(payload), limit, max_length
+    return BatchJob(queue_id, job_id, interval, encode_payload(payload), limit,
+                    max_length)
 
 
 def batch_finish_job(job):

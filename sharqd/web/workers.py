@@ -64,10 +64,13 @@ class _Worker(ProcessProtocol):
 class WorkerPool(Service):
     log = Logger()
 
-    def __init__(self, count, config_path, http_service, reactor, metrics_dir=None):
+    def __init__(self, count, config_args, http_service, reactor, metrics_dir=None):
+        """config_args: the plugin's config options (-c FILE, and any
+        --gunicorn-config FILE), which each worker reads again; metrics_dir:
+        where each worker serves its own metrics (see web/prometheus.py)."""
         self.count = count
+        self.config_args = list(config_args)
         self.metrics_dir = metrics_dir
-        self.config_path = config_path
         self.http = http_service
         self.reactor = reactor
         self.workers = {}
@@ -83,7 +86,7 @@ class WorkerPool(Service):
         worker = _Worker(self, number)
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=",
-                "--logfile=-", "sharq", "-c", self.config_path,
+                "--logfile=-", "sharq", *self.config_args,
                 "--adopt-fd", str(CHILD_FD), "--worker", str(number)]
         if self.metrics_dir is not None:
             args += ["--metrics-dir", self.metrics_dir]

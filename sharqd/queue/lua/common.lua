@@ -60,14 +60,28 @@ local function k_limit(qid) return BASE .. ':limit:' .. qid end      -- hash job
 -- A dead queue's last dequeue is kept at least this long (R1, R6).
 local KEEP_LAST_MS = 3600000
 
--- Count one event of a kind (enqueued, dequeued, ...) for a queue and in
--- total, in this minute's counters; a counter's expiry is set when its
--- minute starts (the increment that made it 1), not on every event.
+-- Count events of a kind (enqueued, dequeued, ...) per queue (tally[qid] =
+-- n) and in total, in this minute's counters; a counter's expiry is set when
+-- its minute starts (the increment that made it n), not on every event.
+-- Batches add up their tally first, so one call counts them all.
+local function count_tally(kind, tally)
+  local total = 0
+  for qid, n in pairs(tally) do
+    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
+    if redis.call('HINCRBY', q, kind, n) == n then redis.call('PEXPIRE', q, 660000) end
+    total = total + n
+  end
+  if total > 0 then
+    local g = GLOBAL .. ':stats:' .. MINUTE
+    if redis.call('HINCRBY', g, kind, total) == total then
+      redis.call('PEXPIRE', g, 660000)
+    end
+  end
+end
+
+-- Count one event of a kind for a queue.
 local function count(kind, qid)
-  local g = GLOBAL .. ':stats:' .. MINUTE
-  local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
-  if redis.call('HINCRBY', g, kind, 1) == 1 then redis.call('PEXPIRE', g, 660000) end
-  if redis.call('HINCRBY', q, kind, 1) == 1 then redis.call('PEXPIRE', q, 660000) end
+  count_tally(kind, {[qid] = 1})
 end
 
 -- The time a queue with pending jobs may next be dequeued.
@@ -135,13 +149,16 @@ end
 -- the queue's interval if it has one.  Does not count.
 -- Returns 201 | 409 | 429 and the pending length after (before for 429).
 local function enqueue_job(qid, jid, interval, payload, limit, max_length)
-  local payloads = k_payload(qid)
-  if redis.call('HEXISTS', payloads, jid) == 1 then return 409, 0 end
-  local pending = k_pending(qid)
-  local length = redis.call('LLEN', pending)
-  if max_length ~= '' and length >= tonumber(max_length) then return 429, length end
-  redis.call('RPUSH', pending, jid)
-  redis.call('HSET', payloads, jid, payload)
+  local payloads, pending = k_payload(qid), k_pending(qid)
+  if max_length ~= '' then  -- a duplicate answers 409 before a full queue 429
+    if redis.call('HEXISTS', payloads, jid) == 1 then return 409, 0 end
+    local length = redis.call('LLEN', pending)
+    if length >= tonumber(max_length) then return 429, length end
+  end
+  -- the payload is the job's "exists" mark: HSETNX checks and stores at
+  -- once, and RPUSH tells the length (calls are what a batch pays for)
+  if redis.call('HSETNX', payloads, jid, payload) == 0 then return 409, 0 end
+  local length = redis.call('RPUSH', pending, jid) - 1
   redis.call('HSET', k_budget(qid), jid, limit)
   local meta = k_meta(qid)
   local m = redis.call('HMGET', meta, 'override', 'interval')
@@ -162,23 +179,6 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   end
   if length == 0 or changed then set_ready(qid, ready_at(meta)) end
   return 201, length + 1
-end
-
--- Add up counts of a kind per queue (tally[qid] = n), then count them
--- at once with count_tally: what count() does, in fewer calls.
-local function count_tally(kind, tally)
-  local total = 0
-  for qid, n in pairs(tally) do
-    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
-    if redis.call('HINCRBY', q, kind, n) == n then redis.call('PEXPIRE', q, 660000) end
-    total = total + n
-  end
-  if total > 0 then
-    local g = GLOBAL .. ':stats:' .. MINUTE
-    if redis.call('HINCRBY', g, kind, total) == total then
-      redis.call('PEXPIRE', g, 660000)
-    end
-  end
 end
 
 -- Take the head job of the earliest ready queue (dequeue.lua, batches).
