@@ -21,7 +21,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from resp import Redis  # noqa: E402
 from run import RedisServer  # noqa: E402
 
 from sharqd.queue.operations import SCRIPTS  # noqa: E402

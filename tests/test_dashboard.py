@@ -7,28 +7,20 @@ each page is written under the test's temporary folder.
 
 import os
 import signal
-import time
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from support import Sharqd, shared_redis
+from support import Sharqd, shared_redis, wait_for
 
 CHROMIUM = os.environ.get("SHARQD_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 20_000  # generous: the machine may be busy
 
+pytestmark = pytest.mark.slow
 
-def wait_for(check, timeout=20, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
+
 
 
 @pytest.fixture
@@ -68,7 +60,7 @@ def test_dashboard_shows_counts_chart_and_retries_dead_letter(server, page, tmp_
     enqueue(server, "sms", "dead", "d0", requeue_limit=0)
     status, job, _ = server.request("GET", "/dequeue/sms/")
     assert (status, job["job_id"]) == (200, "d0")
-    wait_for(lambda: server.request("GET", "/deadletters/sms/")[1]["total"] == 1)
+    wait_for(lambda: server.request("GET", "/deadletters/sms/")[1]["total"] == 1, timeout=20)
     for j in range(3):
         enqueue(server, "sms", "u1", f"a{j}")
     enqueue(server, "sms", "u2", "b0")
@@ -108,7 +100,7 @@ def test_dashboard_shows_counts_chart_and_retries_dead_letter(server, page, tmp_
     dead_row = page.locator('#dead tr[data-job="d0"]')
     expect(dead_row).to_have_count(1)
     dead_row.locator("button.retry").click()
-    wait_for(lambda: server.request("GET", "/deadletters/sms/")[1]["total"] == 0)
+    wait_for(lambda: server.request("GET", "/deadletters/sms/")[1]["total"] == 0, timeout=20)
     status, metrics, _ = server.request("GET", "/metrics/sms/dead/")
     assert (status, metrics["queue_length"]) == (200, 1)
     expect(page.locator("#no-dead")).to_be_visible()

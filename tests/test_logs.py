@@ -5,23 +5,13 @@ per line, its workers' lines included; the access log keeps its format.
 
 import json
 import signal
-import time
 
 import pytest
 
 from sharqd.logs import json_line
-from support import Sharqd, shared_redis
+from support import Sharqd, shared_redis, wait_for
 
 
-def wait_for(check, timeout=20, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
 
 
 @pytest.fixture
@@ -44,6 +34,7 @@ def records(server):
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_json_log_lines(start, tmp_path):
     """When log_format is json, every log line is a JSON object with time,
     level, namespace and message, and the event's fields; the access log
@@ -62,6 +53,7 @@ def test_json_log_lines(start, tmp_path):
     assert '"GET / HTTP/1.1" 200' in access.read_text()
 
 
+@pytest.mark.slow
 def test_json_log_of_workers(start):
     """When workers log in JSON, their lines reach the parent's log as JSON
     objects marked with the worker's number."""

@@ -7,7 +7,6 @@ process, and the OpenAPI document against the routes the server has.
 import json
 import re
 import signal
-import time
 import urllib.request
 
 import pytest
@@ -16,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, QueueFull
+from sharqd.queue.operations import BatchJob
 from sharqd.web.app import Api
 from sharqd.web.openapi import DOCUMENT
-from support import Sharqd, make_queue, shared_redis
+from support import Sharqd, make_queue, shared_redis, wait_for
 
 
 def payload(value):
@@ -66,9 +66,9 @@ class TypeStatsTests(TestCase):
             await self.put("u1", "j1")
         with self.assertRaises(QueueFull):
             await self.q.enqueue("sms", "u1", "j3", 0, payload({}), -1, 2)
-        await self.q.enqueue_many("sms", [("u2", "k1", 0, payload({}), 0, None),
-                                          ("u2", "k1", 0, payload({}), 0, None),
-                                          ("u2", "k2", 0, payload({}), 0, 1)])
+        await self.q.enqueue_many("sms", [BatchJob("u2", "k1", 0, payload({}), 0),
+                                          BatchJob("u2", "k1", 0, payload({}), 0),
+                                          BatchJob("u2", "k2", 0, payload({}), 0, 1)])
         jobs, _ = await self.q.dequeue_many("sms", 10)  # j1 and k1
         await self.q.finish_many("sms", [("u1", "j1"), ("u1", "nope")])
         self.clock.advance(1.001)
@@ -111,6 +111,8 @@ class TypeStatsTests(TestCase):
                          [("b", 5), ("d", 5), ("e", 3)])
         self.assertEqual({(r.interval, r.active) for r in rows}, {(250, 0)})
         self.assertEqual(rows[0].ready_at, int(self.clock() * 1000))
+        by_id = await self.q.top_queues("sms", limit=3, step=2, sort="queue_id")
+        self.assertEqual([r.queue_id for r in by_id], ["a", "b", "c"])
 
 
 @pytest.fixture
@@ -133,6 +135,7 @@ def samples(text):
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+@pytest.mark.slow
 def test_prometheus_exposition(server):
     """When /prometheus is scraped, it answers prometheus_client's text
     format and content type, with the queue gauges per type and the
@@ -157,6 +160,7 @@ def test_prometheus_exposition(server):
     assert "user1" not in body.decode()
 
 
+@pytest.mark.slow
 def test_prometheus_openmetrics_when_asked(server):
     """When the scraper asks for OpenMetrics, it gets that format."""
     _, content_type, body = get(server, "/prometheus",
@@ -165,14 +169,9 @@ def test_prometheus_openmetrics_when_asked(server):
     assert body.endswith(b"# EOF\n")
 
 
-def wait_for(check, timeout=20, step=0.05):
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
 
 
+@pytest.mark.slow
 def test_workers_all_in_one_scrape(tmp_path):
     """When sharqd runs 2 workers, every scrape holds both processes' own
     metrics, labelled worker 1 and 2, whichever process took it."""
@@ -184,13 +183,14 @@ def test_workers_all_in_one_scrape(tmp_path):
                 for s in family.samples if s.name == "process_resident_memory_bytes"}
 
     try:
-        wait_for(lambda: workers() == {"1", "2"})  # the second starts a moment later
+        wait_for(lambda: workers() == {"1", "2"}, timeout=20)  # the second starts a moment later
         for _ in range(10):  # either process may take a scrape
             assert workers() == {"1", "2"}
     finally:
         server.stop()  # SIGTERM: the parent stops the workers, removes the sockets
 
 
+@pytest.mark.slow
 def test_dashboard_read_routes(server):
     """When the dashboard's read routes are asked, they answer the type's
     figures, the busiest queues and the server's health."""
@@ -213,6 +213,7 @@ def test_dashboard_read_routes(server):
     assert re.fullmatch(r"\d+\.\d+\.\d+", body["redis"]["version"])
 
 
+@pytest.mark.slow
 def test_dashboard_files(server):
     """When /dashboard/ is opened, the page and its files come from the
     package with their content types; an unknown file is a JSON 404."""
@@ -227,6 +228,7 @@ def test_dashboard_files(server):
 
 # ---- the OpenAPI document
 
+@pytest.mark.slow
 def test_openapi_document_is_valid(server):
     """When /openapi.json is fetched, it is the package's document and a
     valid OpenAPI 3.1 document."""

@@ -25,6 +25,8 @@ MAX_WAIT = 0.05
 
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):

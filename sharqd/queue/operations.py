@@ -331,17 +331,24 @@ class Queue:
         return await _gather([Deferred.fromCoroutine(self.type_stats(t, step, limit))
                               for t in types])
 
-    async def top_queues(self, queue_type, limit=50, step=STATS_STEP):
-        """The limit queues of the type with the most pending jobs, as
-        QueueRows, most first (ties by queue id)."""
+    async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):
+        """The first limit queues of the type with pending jobs, as
+        QueueRows: the most pending first (ties by queue id), or by queue id
+        with sort="queue_id"."""
+        if sort == "queue_id":
+            def order(r):
+                return r.queue_id
+        else:
+            def order(r):
+                return (-r.pending, r.queue_id)
         rows, offset = [], 0
         while True:
-            reply = await self._run("topqueues", queue_type, offset, step, limit)
+            reply = await self._run("topqueues", queue_type, offset, step, limit, sort)
             offset = int(reply[0])
             rows.extend(QueueRow(reply[i].decode(), int(reply[i + 1]), int(reply[i + 2]),
                                  int(reply[i + 3]), int(reply[i + 4]))
                         for i in range(1, len(reply), 5))
-            rows = heapq.nsmallest(limit, rows, key=lambda r: (-r.pending, r.queue_id))
+            rows = heapq.nsmallest(limit, rows, key=order)
             if not offset:
                 return rows
 

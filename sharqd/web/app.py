@@ -231,11 +231,11 @@ class Api:
         validation.identifier("queue_type", queue_type)
         sort = validation.query_arg(request.args, "sort")
         limit = validation.query_arg(request.args, "limit")
-        validation.sort_arg(sort)
+        sort = validation.sort_arg(sort)
         limit = TOP_QUEUES if limit is None else validation.limit_arg(limit)
-        rows = await self.queue.top_queues(queue_type, limit)
+        rows = await self.queue.top_queues(queue_type, limit, sort=sort)
         return answer(request, 200, {
-            "status": "success", "queue_type": queue_type, "sort": "pending",
+            "status": "success", "queue_type": queue_type, "sort": sort,
             "limit": limit, "queues": [
                 {"queue_id": r.queue_id, "pending": r.pending, "active": r.active,
                  "interval": r.interval, "ready_at": r.ready_at} for r in rows]})

@@ -233,15 +233,15 @@ PATHS = {
         _object(["status", "queue_types"], status=_const("success"),
                 queue_types={"type": "array", "items": TYPE_STATS}))},
         tag="observability")},
-    "/queues/{queue_type}/": {"get": _op("The queues of a type with the most pending jobs", {
+    "/queues/{queue_type}/": {"get": _op("The queues of a type with pending jobs", {
         "200": _json("Most pending first.", _object(
             ["status", "queue_type", "sort", "limit", "queues"], status=_const("success"),
-            queue_type=IDENTIFIER, sort=_const("pending"),
+            queue_type=IDENTIFIER, sort={"type": "string", "enum": ["pending", "queue_id"]},
             limit={"type": "integer", "minimum": 1},
             queues={"type": "array", "items": QUEUE_ROW}))},
         _path("queue_type") + [
-            _query("sort", {"type": "string", "enum": ["pending"]},
-                   "Order: `pending` (most first)."),
+            _query("sort", {"type": "string", "enum": ["pending", "queue_id"]},
+                   "Order: `pending` (most first, the default) or `queue_id`."),
             _query("limit", {"type": "integer", "minimum": 1, "maximum": v.MAX_PAGE},
                    "How many queues (default 50).")], tag="observability")},
     "/health/": {"get": _op("Server health for the dashboard", {"200": _json(

@@ -220,7 +220,9 @@ def batch_finish_job(job):
 
 
 def sort_arg(text):
-    """The `sort` of GET /queues/<type>/: only by pending jobs, for now."""
-    if text is not None and text != "pending":
+    """The `sort` of GET /queues/<type>/: pending (default) or queue_id."""
+    if text is None:
+        return "pending"
+    if text not in ("pending", "queue_id"):
         raise invalid("sort")
-    return "pending"
+    return text
