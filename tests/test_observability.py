@@ -114,6 +114,16 @@ class TypeStatsTests(TestCase):
         by_id = await self.q.top_queues("sms", limit=3, step=2, sort="queue_id")
         self.assertEqual([r.queue_id for r in by_id], ["a", "b", "c"])
 
+    async def test_top_queues_include_queues_with_only_active_jobs(self):
+        """When a queue's only job is active, it is listed with 0 pending and
+        no ready time."""
+        await self.put("z1", "j1")
+        await self.q.dequeue("sms")
+        await self.put("a1", "j2")
+        rows = await self.q.top_queues("sms", sort="queue_id")
+        self.assertEqual([(r.queue_id, r.pending, r.active, r.ready_at is None)
+                          for r in rows], [("a1", 1, 0, False), ("z1", 0, 1, True)])
+
 
 @pytest.fixture
 def server(tmp_path):

@@ -90,7 +90,7 @@ class QueueRow:
     pending: int
     active: int
     interval: int
-    ready_at: int  # epoch ms
+    ready_at: Optional[int]  # epoch ms; None when nothing is pending
 
 
 async def _gather(deferreds):
@@ -332,25 +332,27 @@ class Queue:
                               for t in types])
 
     async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):
-        """The first limit queues of the type with pending jobs, as
-        QueueRows: the most pending first (ties by queue id), or by queue id
-        with sort="queue_id"."""
+        """The first limit queues of the type (with pending or active jobs),
+        as QueueRows: the most pending first (ties by queue id), or by
+        queue id with sort="queue_id"."""
         if sort == "queue_id":
             def order(r):
                 return r.queue_id
         else:
             def order(r):
                 return (-r.pending, r.queue_id)
-        rows, offset = [], 0
+        rows, cursor = {}, b"0"
         while True:
-            reply = await self._run("topqueues", queue_type, offset, step, limit, sort)
-            offset = int(reply[0])
-            rows.extend(QueueRow(reply[i].decode(), int(reply[i + 1]), int(reply[i + 2]),
-                                 int(reply[i + 3]), int(reply[i + 4]))
-                        for i in range(1, len(reply), 5))
-            rows = heapq.nsmallest(limit, rows, key=order)
-            if not offset:
-                return rows
+            reply = await self._run("topqueues", queue_type, cursor, step, limit, sort)
+            cursor = reply[0]
+            for i in range(1, len(reply), 5):
+                ready_at = int(reply[i + 4])
+                row = QueueRow(reply[i].decode(), int(reply[i + 1]), int(reply[i + 2]),
+                               int(reply[i + 3]), None if ready_at < 0 else ready_at)
+                rows[row.queue_id] = row  # SSCAN may give a queue twice
+            rows = {r.queue_id: r for r in heapq.nsmallest(limit, rows.values(), key=order)}
+            if cursor == b"0":
+                return sorted(rows.values(), key=order)
 
     async def redis_version(self):
         """The Redis server's version, from INFO."""

@@ -58,7 +58,7 @@ TYPE_STATS = _object(
     oldest_ready_age_seconds={"type": "number", "minimum": 0}, totals=TOTALS)
 QUEUE_ROW = _object(["queue_id", "pending", "active", "interval", "ready_at"],
                     queue_id=IDENTIFIER, pending=COUNT, active=COUNT, interval=COUNT,
-                    ready_at={"type": "integer"})
+                    ready_at={"type": ["integer", "null"]})
 
 ENQUEUE_BODY = _object(
     ["job_id", "interval", "payload"], job_id=IDENTIFIER,
@@ -233,7 +233,7 @@ PATHS = {
         _object(["status", "queue_types"], status=_const("success"),
                 queue_types={"type": "array", "items": TYPE_STATS}))},
         tag="observability")},
-    "/queues/{queue_type}/": {"get": _op("The queues of a type with pending jobs", {
+    "/queues/{queue_type}/": {"get": _op("The queues of a type, busiest first", {
         "200": _json("Most pending first.", _object(
             ["status", "queue_type", "sort", "limit", "queues"], status=_const("success"),
             queue_type=IDENTIFIER, sort={"type": "string", "enum": ["pending", "queue_id"]},

@@ -163,9 +163,11 @@ function queues(answer) {
     row.dataset.queue = q.queue_id;
     cell(row, q.queue_id);
     cell(row, number(q.pending), "n").dataset.field = "pending";
-    cell(row, number(q.active), "n");
+    cell(row, number(q.active), "n").dataset.field = "active";
     cell(row, q.interval ? `${number(q.interval)} ms` : "0", "n");
-    cell(row, q.ready_at <= now ? "ready now" : "in " + duration((q.ready_at - now) / 1000));
+    cell(row, q.ready_at === null ? "–"
+      : q.ready_at <= now ? "ready now" : "in " + duration((q.ready_at - now) / 1000))
+      .dataset.field = "next";
   }
 }
 
