@@ -99,6 +99,14 @@ class TypeStatsTests(TestCase):
         await self.q.delete_queue("email", "u1")
         self.assertEqual([s.queue_type for s in await self.q.all_type_stats()], ["email"])
 
+    async def test_concurrent_reads_share_one(self):
+        """When the figures are asked for again while a read runs, both get
+        the same result from one read."""
+        await self.put("u1", "j1")
+        first, second = self.q.all_type_stats(), self.q.all_type_stats()
+        self.assertIs(await first, await second)
+        self.assertEqual([s.pending for s in await self.q.all_type_stats()], [1])
+
     async def test_top_queues_most_pending_first(self):
         """When queues have different lengths, top_queues lists the longest
         first (ties by id), with interval and ready time, across steps."""

@@ -9,6 +9,7 @@ from importlib import resources
 from typing import NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.python.failure import Failure
 
 from sharqd.errors import Conflict, NotFound, QueueFull
 from sharqd.redis.scripts import Script
@@ -149,6 +150,7 @@ class Queue:
         self.job_expire_interval = job_expire_interval
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
+        self._stats_waiters = []  # callers of all_type_stats while a read runs
 
     def _run(self, name, queue_type, *args):
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
@@ -323,7 +325,25 @@ class Queue:
             await self.execute(b"SADD", known, *now)
         return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
 
-    async def all_type_stats(self, step=STATS_STEP):
+    def all_type_stats(self, step=STATS_STEP):
+        """Deferred of the TypeStats of every known type.  Callers that come
+        while a read runs share its result: several scrapers and open
+        dashboards cost one read, not one each."""
+        waiter = Deferred()
+        self._stats_waiters.append(waiter)
+        if len(self._stats_waiters) == 1:
+            Deferred.fromCoroutine(self._read_all_type_stats(step)).addBoth(self._stats_read)
+        return waiter
+
+    def _stats_read(self, result):
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read_all_type_stats(self, step):
         """TypeStats of every known type; STATS_PARALLEL calls at a time
         over all of them."""
         types = await self.known_types()
