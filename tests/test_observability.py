@@ -7,6 +7,7 @@ process, and the OpenAPI document against the routes the server has.
 import json
 import re
 import signal
+import time
 import urllib.request
 
 import pytest
@@ -18,7 +19,7 @@ from sharqd.errors import Conflict, QueueFull
 from sharqd.queue.operations import BatchJob
 from sharqd.web.app import Api
 from sharqd.web.openapi import DOCUMENT
-from support import Sharqd, make_queue, shared_redis, wait_for
+from support import RedisServer, Sharqd, make_queue, shared_redis, wait_for
 
 
 def payload(value):
@@ -176,6 +177,29 @@ def test_prometheus_exposition(server):
     assert ("sharqd_longpoll_waiters", frozenset()) in found
     assert ("process_resident_memory_bytes", frozenset()) in found
     assert "user1" not in body.decode()
+
+
+@pytest.mark.slow
+def test_prometheus_without_redis(tmp_path):
+    """When Redis is down, a scrape still answers in bounded time with the
+    process's metrics, its Redis errors counted and sharqd_redis_up 0."""
+    redis = RedisServer().start()
+    server = Sharqd(str(tmp_path), redis).start()
+    try:
+        assert samples(get(server, "/prometheus")[2].decode())[
+            ("sharqd_redis_up", frozenset())] == 1
+        redis.stop()
+        started = time.monotonic()
+        status, _, body = get(server, "/prometheus")
+        assert time.monotonic() - started < 3  # [redis] timeout 1 s, + 1 s
+        found = samples(body.decode())
+        assert status == 200 and found[("sharqd_redis_up", frozenset())] == 0
+        assert sum(v for (name, _), v in found.items()
+                   if name == "sharqd_redis_errors_total") >= 1
+        assert not any(name == "sharqd_jobs_pending" for name, _ in found)
+    finally:
+        server.stop(signal.SIGKILL)
+        redis.cleanup()
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from werkzeug.routing import RequestRedirect
 from sharqd import __version__
 from sharqd.web import dashboard, openapi, validation
 from sharqd.web.prometheus import Exposition, ProcessMetrics
-from sharqd.errors import BadRequest, SharqError
+from sharqd.errors import BadRequest, RedisUnavailable, SharqError
 from sharqd.queue.waiters import Waiters
 
 JSON = b"application/json"
@@ -213,7 +213,12 @@ class Api:
 
     @app.route("/prometheus", methods=["GET"])
     async def prometheus(self, request):
-        stats = await self.queue.all_type_stats()
+        # without Redis the scrape still answers this process's metrics
+        # (its Redis errors among them), with sharqd_redis_up 0
+        try:
+            stats = await self.queue.all_type_stats()
+        except RedisUnavailable:
+            stats = None
         accept = request.getHeader(b"accept")
         content_type, body = await self.exposition.render(
             stats, accept.decode("latin-1") if accept else "")

@@ -56,8 +56,13 @@ DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
 
 
 def queue_families(stats):
-    """Metric families of a list of TypeStats, labelled by queue_type."""
-    families = []
+    """Metric families of a list of TypeStats, labelled by queue_type; of
+    None (Redis did not answer) only sharqd_redis_up 0."""
+    up = GaugeMetricFamily("sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
+                           value=0 if stats is None else 1)
+    if stats is None:
+        return [up]
+    families = [up]
     for name, doc, attr in GAUGES:
         family = GaugeMetricFamily(name, doc, labels=["queue_type"])
         for s in stats:
