@@ -19,10 +19,11 @@ from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.gunicorn_config import load as load_with_gunicorn
 from sharqd.logs import json_observer
+from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
-from sharqd.redis.pubsub import NotifyService
+from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
-from sharqd.redis.connection import RedisService
+from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
@@ -86,7 +87,8 @@ def config_args(options):
 
 class SharqService(MultiService):
     """Stops its children one by one, newest first: the HTTP side drains
-    before the requeue timer stops, and Redis closes last."""
+    before the requeue timer stops, and Redis closes last.  (A plain
+    MultiService stops them all at once.)"""
 
     log_observer = None  # the JSON log observer, with log_format = json
 
@@ -156,17 +158,24 @@ def makeService(options, reactor=None):
         raise SystemExit(f"sharqd: {config.source}: [sharq-server] listen = "
                          f"{listen_description(config.server)!r}: {e}")
 
+    # Stopped newest first, one after the other (SharqService), so that
+    # SIGTERM is clean: the front answers every client, then the
+    # notifications, the requeue timer and Redis stop, and SIGHUP is
+    # given back last.
     top = SharqService()
     if config.server.log_format == "json":
         top.log_observer = json_observer(getattr(options, "parent", None) or {})
+    hangup = HangupService(reactor)
+    hangup.setServiceParent(top)
     redis = RedisService(config.redis)
     redis.setServiceParent(top)
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
                   dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     waiters = Waiters(queue, reactor)
-    NotifyService(config.redis, config.redis.key_prefix, waiters,
-                  reactor=reactor).setServiceParent(top)
+    prefix = config.redis.key_prefix
+    Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
+                 waiters.subscribed, reactor=reactor).setServiceParent(top)
 
     metrics = ProcessMetrics(waiters.waiting)
     redis.on_error = metrics.redis_error
@@ -180,16 +189,25 @@ def makeService(options, reactor=None):
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters, exposition,
               workers=config.server.workers, redis_address=redis.describe())
     site = SharqSite(api.resource(), config.server.max_request_size,
+                     access_log=open_access_log(config), reactor=reactor,
                      observe=lambda request, seconds: metrics.observe(
-                         api.route_of(request), request.code, seconds),
-                     logPath=open_access_log(config), reactor=reactor)
+                         api.route_of(request), request.code, seconds))
+    hangup.add(site.reopen_log)
+    # The front stops all at once, newest first: the long-poll waiters are
+    # answered (503) at once, the workers are told to stop, and the HTTP
+    # side stops listening and lets the requests in flight finish.
+    front = MultiService()
+    front.setServiceParent(top)
     where = listen_description(config.server)
     if options["adopt-fd"] is not None:
-        AdoptedPortService(options["adopt-fd"], site, reactor, where).setServiceParent(top)
-        return top
-    http = HTTPService(endpoint, site, reactor, description=where)
-    http.setServiceParent(top)
-    if config.server.workers > 1:
-        WorkerPool(config.server.workers, config_args(options), http,
-                   reactor, metrics_dir=folder).setServiceParent(top)
+        AdoptedPortService(options["adopt-fd"], site, reactor, where).setServiceParent(front)
+    else:
+        http = HTTPService(endpoint, site, reactor, description=where)
+        http.setServiceParent(front)
+        if config.server.workers > 1:
+            pool = WorkerPool(config.server.workers, config_args(options), http, reactor,
+                              metrics_dir=folder)
+            pool.setServiceParent(front)
+            hangup.add(pool.relay_hangup)
+    waiters.setServiceParent(front)
     return top

@@ -23,7 +23,9 @@ from twisted.internet.task import deferLater
 
 from sharqd.config import RedisSection
 from sharqd.queue.operations import Queue
-from sharqd.redis.connection import RedisService
+from sharqd.queue.channels import ready_listener, ready_pattern
+from sharqd.redis.connection import RedisService, Subscription
+from sharqd.redis.resp import encode_command
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -37,11 +39,12 @@ def free_port():
 class RedisServer:
     """A redis-server of our own, on a free TCP port and a unix socket."""
 
-    def __init__(self, appendonly=False):
+    def __init__(self, appendonly=False, password=None, port=None):
         self.dir = tempfile.mkdtemp(prefix="sharqd-redis-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.unix_socket = os.path.join(self.dir, "redis.sock")
         self.appendonly = appendonly
+        self.password = password
         self.process = None
 
     def start(self):
@@ -49,6 +52,8 @@ class RedisServer:
                 "--unixsocket", self.unix_socket, "--unixsocketperm", "700",
                 "--dir", self.dir, "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -56,7 +61,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return self
             except OSError:
                 time.sleep(0.05)
@@ -75,11 +80,26 @@ class RedisServer:
     def resume(self):
         self.process.send_signal(18)
 
+    def call(self, *args, db=0):
+        """One command on a fresh connection (AUTH and SELECT first as
+        needed); the first line of the reply."""
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            if self.password:
+                s.sendall(encode_command(("AUTH", self.password)))
+                s.recv(64)
+            if db:
+                s.sendall(encode_command(("SELECT", db)))
+                s.recv(64)
+            s.sendall(encode_command(args))
+            return s.recv(4096).split(b"\r\n")[0]
+
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def section(self, unix=False, **overrides):
+        if self.password:
+            overrides.setdefault("password", self.password)
         if unix:
             return RedisSection(conn_type="unix_sock", unix_socket_path=self.unix_socket,
                                 **overrides)
@@ -184,12 +204,20 @@ async def connected_service(testcase, section):
     service = RedisService(section)
     service.startService()
     testcase.addCleanup(service.stopService)
-    await wait_until(lambda: service._pick() is not None)
+    await wait_until(lambda: service.live)
     return service
 
 
+def ready_subscription(section, prefix, listener, **kwargs):
+    """The subscription to the ready channels of a prefix, as tap.py makes
+    it, telling listener.notify(queue_type) and listener.subscribed(live)."""
+    return Subscription(section, ready_pattern(prefix),
+                        ready_listener(prefix, listener.notify), listener.subscribed,
+                        **kwargs)
+
+
 class Recorder:
-    """A listener of NotifyService that writes down what it hears."""
+    """A listener of the ready subscription that writes down what it hears."""
 
     def __init__(self):
         self.heard = []
@@ -333,3 +361,41 @@ class Sharqd:
             self.log.close()
             self.process = None
         return code
+
+
+class SilentListener:
+    """A loopback port that accepts connections and never answers: a Redis
+    that hangs (SIGSTOP) as a client sees it after reconnecting, since the
+    kernel completes the TCP handshake for a stopped process.  close() stops
+    listening and leaves the accepted connections hanging, so a real
+    redis-server can take the port over."""
+
+    def __init__(self):
+        from twisted.internet.protocol import Factory, Protocol
+        self.connections = []
+        factory = Factory.forProtocol(Protocol)
+        factory.buildProtocol = self._build
+        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = self.listening.getHost().port
+        self._protocol = Protocol
+
+    def _build(self, addr):
+        protocol = self._protocol()
+        self.connections.append(protocol)
+        return protocol
+
+    @property
+    def accepted(self):
+        return len(self.connections)
+
+    def close(self):
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            return listening.stopListening()
+        return None
+
+    def cleanup(self):
+        for protocol in self.connections:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+        return self.close()

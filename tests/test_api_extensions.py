@@ -12,10 +12,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from treq.testing import StubTreq
 
-from sharqd.redis.pubsub import NotifyService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
-from support import make_queue, shared_redis, wait_until
+from support import make_queue, ready_subscription, shared_redis, wait_until
 
 BASE = "http://sharqd"
 
@@ -25,7 +24,7 @@ class ApiExtensions(TestCase):
     async def setUp(self):
         self.q, self.clock = await make_queue(self, expire_ms=1000)
         self.waiters = Waiters(self.q, reactor)
-        notify = NotifyService(shared_redis().section(), self.q.prefix, self.waiters)
+        notify = ready_subscription(shared_redis().section(), self.q.prefix, self.waiters)
         notify.startService()
         self.addCleanup(notify.stopService)
         await wait_until(lambda: self.waiters.live)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -136,6 +137,53 @@ def test_redis_not_answering_gives_503(servers, own_redis):
     finally:
         own_redis.resume()
     wait_for(lambda: server.request("GET", "/deepstatus/")[0] == 200, timeout=10)
+
+
+def ask_for(server, seconds, clients=4):
+    """`clients` threads each asking /deepstatus/ again and again for
+    `seconds`; [(status, seconds taken)] of every answer."""
+    answers = []
+    until = time.monotonic() + seconds
+
+    def ask():
+        while time.monotonic() < until:
+            status, _, took = server.request("GET", "/deepstatus/")
+            answers.append((status, took))
+
+    threads = [threading.Thread(target=ask) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+@pytest.mark.parametrize("db, password", [(0, None), (3, "s3cret")])
+def test_redis_stalled_for_long_comes_back(servers, db, password):
+    """When Redis hangs (SIGSTOP) for several reply timeouts while clients
+    keep asking, so that sharqd reconnects into the stall, every request gets
+    503 within timeout + 1 s; once Redis resumes sharqd serves again by
+    itself, and again after Redis drops all its connections."""
+    redis = RedisServer(password=password).start()
+    try:
+        extra = f"db : {db}\n" + (f"password : {password}\n" if password else "")
+        server = servers(redis, extra_redis=extra)
+        assert server.request("GET", "/deepstatus/")[0] == 200
+        redis.pause()
+        try:
+            answers = ask_for(server, 5.0)  # the issue's stall: 4.5 s or more
+        finally:
+            redis.resume()
+        assert len(answers) >= 12
+        assert all(status == 503 and took < 2.0 for status, took in answers), answers
+        wait_for(lambda: server.request("GET", "/deepstatus/")[0] == 200, timeout=10)
+        assert redis.call("CLIENT", "KILL", "TYPE", "normal") != b":0"
+        wait_for(lambda: server.request("POST", "/enqueue/sms/u1/", job("j1"))[0] == 201,
+                 timeout=10)
+        assert redis.call("EXISTS", "sharq_server:x", db=db) == b":0"  # answers at all
+        assert server.request("GET", "/dequeue/sms/")[1]["job_id"] == "j1"
+    finally:
+        redis.cleanup()
 
 
 def test_sharqd_starts_while_redis_is_down(servers, own_redis):

@@ -10,8 +10,8 @@ from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull
 from sharqd.queue.operations import BatchJob, Queue
-from sharqd.redis.pubsub import NotifyService
-from support import Recorder, make_queue, shared_redis, unique_prefix, wait_until
+from support import (Recorder, make_queue, ready_subscription, shared_redis, unique_prefix,
+                     wait_until)
 
 
 def payload(value):
@@ -329,12 +329,12 @@ class DeadLetters(TestCase):
 
 class ReadyNotifications(TestCase):
     """What the scripts PUBLISH for the long-poll waiters, heard through a
-    real NotifyService."""
+    real subscription."""
 
     async def setUp(self):
         self.q, self.clock = await make_queue(self)
         self.recorder = Recorder()
-        self.notify = NotifyService(shared_redis().section(), self.q.prefix, self.recorder)
+        self.notify = ready_subscription(shared_redis().section(), self.q.prefix, self.recorder)
         self.notify.startService()
         self.addCleanup(self.notify.stopService)
         await wait_until(lambda: self.recorder.states == [True])
