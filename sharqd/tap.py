@@ -3,16 +3,13 @@ Composition root: the twistd options and the service tree of one sharqd.
 """
 
 import os
-import shutil
 import tempfile
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from sharqd import __version__
 from sharqd.config import Config
@@ -27,7 +24,7 @@ from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
-from sharqd.web.prometheus import Exposition, OwnMetricsResource, ProcessMetrics, socket_path
+from sharqd.web.prometheus import Exposition, MetricsSocketService, ProcessMetrics
 from sharqd.web.workers import WorkerPool
 
 log = Logger()
@@ -121,31 +118,6 @@ def open_access_log(config):
         raise SystemExit(f"sharqd: {config.source}: [sharq-server] accesslog = "
                          f"{path!r}: cannot write: {e.strerror}")
     return path
-
-
-class MetricsSocketService(StreamServerEndpointService):
-    """With workers: this process's own metrics on DIR/worker-N.sock, for
-    whichever process takes a /prometheus scrape.  The parent made the
-    folder and removes it when it stops."""
-
-    def __init__(self, folder, worker, metrics, reactor, own_folder=False):
-        self.path = socket_path(folder, worker)
-        self.folder = folder
-        self.own_folder = own_folder
-        site = Site(OwnMetricsResource(metrics))
-        site.noisy = False
-        super().__init__(endpoints.UNIXServerEndpoint(reactor, self.path), site)
-
-    def privilegedStartService(self):
-        if os.path.exists(self.path):  # left by a worker that died
-            os.unlink(self.path)
-        super().privilegedStartService()
-
-    def stopService(self):
-        d = maybeDeferred(super().stopService)
-        if self.own_folder:
-            d.addBoth(lambda result: shutil.rmtree(self.folder, True) or result)
-        return d
 
 
 def makeService(options, reactor=None):

@@ -11,6 +11,7 @@ from the queue layer.
 
 import glob
 import os
+import shutil
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge,
                                Histogram, PlatformCollector, ProcessCollector,
@@ -19,12 +20,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             Metric)
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 # the *_created samples double the size of a scrape for little use
 disable_created_metrics()
@@ -248,3 +251,28 @@ class OwnMetricsResource(Resource):
         encoder, content_type = choose_encoder("")
         request.setHeader(b"content-type", content_type.encode())
         return encoder(_Families(list(self.own.collect())))
+
+
+class MetricsSocketService(StreamServerEndpointService):
+    """With workers: this process's own metrics on DIR/worker-N.sock, for
+    whichever process takes a /prometheus scrape.  The parent made the
+    folder and removes it when it stops."""
+
+    def __init__(self, folder, worker, metrics, reactor, own_folder=False):
+        self.path = socket_path(folder, worker)
+        self.folder = folder
+        self.own_folder = own_folder
+        site = Site(OwnMetricsResource(metrics))
+        site.noisy = False
+        super().__init__(UNIXServerEndpoint(reactor, self.path), site)
+
+    def privilegedStartService(self):
+        if os.path.exists(self.path):  # left by a worker that died
+            os.unlink(self.path)
+        super().privilegedStartService()
+
+    def stopService(self):
+        d = maybeDeferred(super().stopService)
+        if self.own_folder:
+            d.addBoth(lambda result: shutil.rmtree(self.folder, True) or result)
+        return d
