@@ -34,10 +34,12 @@ FULL = _object(["status", "message", "current_queue_length"], status=_const("fai
 BATCH_FAILURE = _object(["status", "message", "code"], status=_const("failure"),
                         message={"type": "string"}, code={"type": "integer"},
                         current_queue_length=COUNT)
+LEASE_ID = {**IDENTIFIER, "description": "The id of this hand-out of the job."}
 JOB_FIELDS = dict(queue_id=IDENTIFIER, job_id=IDENTIFIER, payload={},
-                  requeues_remaining={"type": "integer", "minimum": -1})
+                  requeues_remaining={"type": "integer", "minimum": -1},
+                  lease_id=LEASE_ID)
 JOB = _object(["status", "queue_id", "job_id", "payload", "requeues_remaining",
-               "current_queue_length"], status=_const("success"),
+               "current_queue_length", "lease_id"], status=_const("success"),
               current_queue_length=COUNT, **JOB_FIELDS)
 JOBS = _object(["status", "jobs"], status=_const("success"), jobs={
     "type": "array", "items": _object(list(JOB_FIELDS), **JOB_FIELDS)})
@@ -68,7 +70,38 @@ ENQUEUE_BODY = _object(
     max_queued_length={"type": "integer", "minimum": 0, "maximum": v.MAX_QUEUED_LENGTH})
 BATCH_ENQUEUE_JOB = {**ENQUEUE_BODY, "required": ["queue_id"] + ENQUEUE_BODY["required"],
                      "properties": {"queue_id": IDENTIFIER, **ENQUEUE_BODY["properties"]}}
-BATCH_FINISH_JOB = _object(["queue_id", "job_id"], queue_id=IDENTIFIER, job_id=IDENTIFIER)
+BATCH_FINISH_JOB = _object(["queue_id", "job_id"], queue_id=IDENTIFIER, job_id=IDENTIFIER,
+                           lease_id=LEASE_ID)
+NULLABLE_NUMBER = {"type": ["number", "null"]}
+POLICY_BODY = {**_object(
+    [], rate={"type": ["number", "null"], "minimum": v.MIN_RATE, "maximum": v.MAX_RATE},
+    burst={"type": ["integer", "null"], "minimum": 1, "maximum": v.MAX_BURST},
+    max_active={"type": ["integer", "null"], "minimum": 1, "maximum": v.MAX_ACTIVE},
+    paused={"type": ["boolean", "null"]}), "additionalProperties": False}
+POLICY = _object(["status", "rate", "burst", "max_active", "paused"],
+                 status=_const("success"), rate={"type": ["number", "null"]},
+                 burst={"type": ["integer", "null"]},
+                 max_active={"type": ["integer", "null"]},
+                 paused={"type": ["boolean", "null"]})
+SOURCE = {"enum": ["queue", "type", None]}
+EXPLAIN = _object(
+    ["status", "queue_type", "queue_id", "pending", "active", "policy", "policy_source",
+     "policy_sources", "limited_by", "type_paused", "tokens", "ready", "reason",
+     "next_ready_at", "now"], status=_const("success"), queue_type=IDENTIFIER,
+    queue_id=IDENTIFIER, pending=COUNT, active=COUNT,
+    policy=_object(["rate", "burst", "max_active", "paused", "interval"],
+                   rate={"type": ["number", "null"]}, burst={"type": ["integer", "null"]},
+                   max_active={"type": ["integer", "null"]},
+                   paused={"type": ["boolean", "null"]}, interval=COUNT),
+    policy_source={"enum": ["queue", "type", "interval"]},
+    policy_sources=_object([], rate=SOURCE, max_active=SOURCE, paused=SOURCE),
+    limited_by={"enum": ["rate", "interval"]}, type_paused={"type": "boolean"},
+    tokens=COUNT, ready={"type": "boolean"},
+    reason={"enum": ["type_paused", "paused", "empty", "max_active", "rate", "interval",
+                     None]},
+    next_ready_at={"type": ["integer", "null"]}, now={"type": "integer"})
+LEASE_ARG = {"name": "lease_id", "in": "query", "required": False, "schema": LEASE_ID,
+             "description": "Only if this is the job's current lease (else 409)."}
 
 
 def _batch(job):
@@ -130,7 +163,7 @@ DEQUEUE_ARGS = [
 DEQUEUE_RESPONSES = {
     "200": _json("A job (or, with `count`, up to `count` jobs).",
                  {"anyOf": [JOB, JOBS]}),
-    "404": _fail("No job of the type is ready (within `wait`)."),
+    "404": _fail("No job of the type is ready (within `wait`), or the type is paused."),
 }
 COUNTS = dict(enqueue_counts=PER_MINUTE, dequeue_counts=PER_MINUTE,
               dead_letter_counts=PER_MINUTE)
@@ -138,7 +171,24 @@ NO_QUEUE = _fail("No such queue.")
 NOT_ACTIVE = _fail("The job is not active.")
 NOT_DEAD = _fail("No such dead letter.")
 DUPLICATE = _fail("The job id is already pending or active in the queue.")
+ENDED = _fail("The `lease_id` given is not the job's current lease.")
+NO_POLICY = _fail("No such policy.")
+PAUSE = _object(["status", "paused", "changed"], status=_const("success"),
+                paused={"type": "boolean"}, changed={"type": "boolean"})
 TEXT = {"type": "string"}
+
+def _policy_ops(*names):
+    """PUT, GET and DELETE of a queue's policy or (one name) a type's default."""
+    what = "a queue's policy" if len(names) == 2 else "a queue type's default policy"
+    return {
+        "put": _op(f"Set {what}", {"200": _json("The stored policy.", POLICY)},
+                   _path(*names), POLICY_BODY, tag="policy"),
+        "get": _op(f"Read {what}", {"200": _json("The stored policy.", POLICY),
+                                    "404": NO_POLICY}, _path(*names), tag="policy"),
+        "delete": _op(f"Drop {what}", {"200": _json("Dropped.", SUCCESS),
+                                       "404": NO_POLICY}, _path(*names), tag="policy"),
+    }
+
 
 PATHS = {
     "/": {"get": _op("Greeting (the process is up)", {
@@ -154,8 +204,11 @@ PATHS = {
                                           DEQUEUE_RESPONSES,
                                           _path("queue_type") + DEQUEUE_ARGS)},
     "/finish/{queue_type}/{queue_id}/{job_id}/": {"post": _op(
-        "Finish an active job", {"200": _json("Finished.", SUCCESS), "404": NOT_ACTIVE},
-        _path("queue_type", "queue_id", "job_id"))},
+        "Finish an active job", {"200": _json("Finished.", SUCCESS), "404": NOT_ACTIVE,
+                                 "409": ENDED},
+        _path("queue_type", "queue_id", "job_id") + [LEASE_ARG],
+        {**_object([], lease_id=LEASE_ID),
+         "description": "Optional; a body that is not a JSON object is ignored."})},
     "/interval/{queue_type}/{queue_id}/": {"post": _op(
         "Set a queue's interval", {"200": _json("Set.", SUCCESS), "404": NO_QUEUE},
         _path("queue_type", "queue_id"),
@@ -197,8 +250,8 @@ PATHS = {
         "200": _json("The new deadline (epoch ms).", _object(
             ["status", "lease", "deadline"], status=_const("success"),
             lease={"type": "integer"}, deadline={"type": "integer"})),
-        "404": NOT_ACTIVE}, _path("queue_type", "queue_id", "job_id"),
-        _object([], lease=DEQUEUE_ARGS[2]["schema"]))},
+        "404": NOT_ACTIVE, "409": ENDED}, _path("queue_type", "queue_id", "job_id") + [LEASE_ARG],
+        _object([], lease=DEQUEUE_ARGS[2]["schema"], lease_id=LEASE_ID))},
     "/deadletters/{queue_type}/": {
         "get": _op("List dead letters, newest first", {"200": _json("A page.", _object(
             ["status", "total", "offset", "limit", "dead_letters"],
@@ -223,6 +276,16 @@ PATHS = {
             "201": _json("Queued again.", _object(["status"], status=_const("queued"))),
             "404": NOT_DEAD, "409": DUPLICATE},
         _path("queue_type", "queue_id", "job_id"), tag="dead letters")},
+    "/policy/{queue_type}/{queue_id}/": _policy_ops("queue_type", "queue_id"),
+    "/policy/{queue_type}/": _policy_ops("queue_type"),
+    "/pause/{queue_type}/": {"post": _op("Pause a queue type", {
+        "200": _json("Paused.", PAUSE)}, _path("queue_type"), tag="policy")},
+    "/resume/{queue_type}/": {"post": _op("Resume a queue type", {
+        "200": _json("Resumed.", PAUSE)}, _path("queue_type"), tag="policy")},
+    "/queues/{queue_type}/{queue_id}/": {"get": _op(
+        "Explain a queue: its state, its policy, why it is not ready", {
+            "200": _json("The queue's state.", EXPLAIN)},
+        _path("queue_type", "queue_id"), tag="policy")},
     "/prometheus": {"get": _op("Prometheus metrics", {"200": {
         "description": "The text exposition format (OpenMetrics when asked for).",
         "content": {"text/plain": {"schema": TEXT},
