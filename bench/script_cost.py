@@ -67,7 +67,7 @@ def run_once(redis, n, queues):
     result["dequeue"] = usec_per_call(redis)
     redis.call(b"CONFIG", b"RESETSTAT")
     for job in taken:
-        call(redis, "finish", "sms", job[0], job[1])
+        call(redis, "finish", "sms", job[0], job[1], "")
     result["finish"] = usec_per_call(redis)
     return result
 
