@@ -188,6 +188,7 @@ def main():
             "enqueue_alone": summary([t for t, _ in quiet]),
             "enqueue_during_scrapes": summary(during),
             "enqueue_between_scrapes": summary(between),
+            "enqueue_with_scrapes_all": summary([t for t, _ in busy]),
         }
         print(f"{args.types} types, {args.queues} queues: scrape {result['scrape_s_median']} s "
               f"(max {result['scrape_s_max']} s, {result['scrape_bytes']} bytes, "
@@ -198,6 +199,7 @@ def main():
         print(f"enqueue, during a scrape: {result['enqueue_during_scrapes']}")
         print(f"enqueue, between scrapes: {result['enqueue_between_scrapes']} "
               f"(a scrape every {args.every} s)")
+        print(f"enqueue, all of that run: {result['enqueue_with_scrapes_all']}")
         print(json.dumps(result))
     finally:
         if proc is not None:
