@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions soak bench-instructions bench-policy deb deb-check
+.PHONY: run test bench bench-extensions bench-observability soak bench-instructions bench-policy deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -42,6 +42,13 @@ bench-instructions:
 soak:
 	./scripts/setup.sh
 	.venv/bin/python bench/soak.py
+
+# The cost of a /prometheus scrape (1,000 types, 100,000 queues) and the
+# Redis time per enqueue/dequeue/finish; see bench/RESULTS-observability.md.
+bench-observability:
+	./scripts/setup.sh
+	.venv/bin/python bench/scrape.py
+	.venv/bin/python bench/script_cost.py
 
 # Debian packaging (see README, "Install on Debian").
 

@@ -36,6 +36,7 @@ class ServerSection:
     header_timeout: float = 10.0
     max_connections: int = 10000
     max_waiters: int = 5000
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ _SERVER_KEYS = {
     "header_timeout": _positive_seconds,
     "max_connections": _int_between(1, 10**6),
     "max_waiters": _int_between(0, 10**6),
+    "log_format": _one_of("text", "json"),
 }
 _REDIS_KEYS = {
     "db": _int_between(0, 1000000),

@@ -5,17 +5,19 @@ Composition root: the twistd options and the service tree of one sharqd.
 import ipaddress
 import os
 import re
+import tempfile
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.gunicorn_config import load as load_with_gunicorn
+from sharqd.logs import json_observer
 from sharqd.web.auth import Guard, Tokens
 from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite, raise_fd_limit
@@ -26,6 +28,7 @@ from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
+from sharqd.web.prometheus import Exposition, MetricsSocketService, ProcessMetrics
 from sharqd.web.workers import WorkerPool
 
 log = Logger()
@@ -42,6 +45,9 @@ class Options(usage.Options):
          "workers and accesslog apply where the SharQ config does not set them."],
         # internal: a worker process serves on its parent's listening socket
         ["adopt-fd", None, None, None, int],
+        # internal: a worker's number, and where the workers' metrics sockets are
+        ["worker", None, 1, None, int],
+        ["metrics-dir", None, None, None],
     ]
 
     def opt_version(self):
@@ -86,6 +92,15 @@ class SharqService(MultiService):
     """Stops its children one by one, newest first: the HTTP side drains
     before the requeue timer stops, and Redis closes last.  (A plain
     MultiService stops them all at once.)"""
+
+    log_observer = None  # the JSON log observer, with log_format = json
+
+    def setServiceParent(self, parent):
+        # twistd's application: its ILogObserver component, when set,
+        # replaces the text log twistd would start
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def stopService(self):
         return Deferred.fromCoroutine(self._stop_in_order())
@@ -171,6 +186,8 @@ def makeService(options, reactor=None):
     # notifications, the requeue timer and Redis stop, and SIGHUP is
     # given back last.
     top = SharqService()
+    if config.server.log_format == "json":
+        top.log_observer = json_observer(getattr(options, "parent", None) or {})
     hangup = HangupService(reactor)
     hangup.setServiceParent(top)
     redis = RedisService(config.redis)
@@ -184,12 +201,24 @@ def makeService(options, reactor=None):
     Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
                  waiters.subscribed, reactor=reactor).setServiceParent(top)
 
-    api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
+    metrics = ProcessMetrics(waiters.waiting)
+    redis.on_error = metrics.redis_error
+    folder = options["metrics-dir"]
+    if folder is None and config.server.workers > 1 and options["adopt-fd"] is None:
+        folder = tempfile.mkdtemp(prefix="sharqd-metrics-")
+    if folder is not None:
+        MetricsSocketService(folder, options["worker"], metrics, reactor,
+                             own_folder=options["metrics-dir"] is None).setServiceParent(top)
+    exposition = Exposition(metrics, reactor, folder, options["worker"])
+    api = Api(queue, config.sharq.default_job_requeue_limit, waiters, exposition,
+              workers=config.server.workers, redis_address=redis.describe())
     resource, reload_tokens = guarded(config, api.resource())
     site = SharqSite(resource, server.max_request_size,
-                     access_log=open_access_log(config), idle_timeout=server.idle_timeout,
-                     header_timeout=server.header_timeout,
-                     max_connections=max_connections, reactor=reactor)
+                     access_log=open_access_log(config), reactor=reactor,
+                     observe=lambda request, seconds: metrics.observe(
+                         api.route_of(request), request.code, seconds),
+                     idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
+                     max_connections=max_connections)
     endpoint, factory, reload_tls = listening(config, site, reactor)
     for reload in (site.reopen_log, reload_tokens, reload_tls):
         if reload is not None:
@@ -210,8 +239,9 @@ def makeService(options, reactor=None):
                      where=where)
         http = HTTPService(endpoint, site, reactor, description=where, factory=factory)
         http.setServiceParent(front)
-        if server.workers > 1:
-            pool = WorkerPool(server.workers, config_args(options), http, reactor)
+        if config.server.workers > 1:
+            pool = WorkerPool(config.server.workers, config_args(options), http, reactor,
+                              metrics_dir=folder)
             pool.setServiceParent(front)
             hangup.add(pool.relay_hangup)
     waiters.setServiceParent(front)

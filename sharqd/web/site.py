@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import socket
+import time
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
@@ -55,6 +56,8 @@ class SharqRequest(Request):
     _received = 0
     counted_in = None  # the site, while the request counts as in flight
     gone = False  # the client hung up before its answer
+    route = None  # the route template that answers, when known early (metrics)
+    began = None  # time.monotonic() when it was routed
 
     def gotLength(self, length):
         limit = self.channel.site.max_request_size
@@ -87,6 +90,7 @@ class SharqRequest(Request):
         # drain on stop (finish and connectionLost below)
         self.counted_in = self.channel.site
         self.counted_in.request_started()
+        self.began = time.monotonic()
         problem = self._unservable()
         if problem is not None:
             self.answer_failure(400, problem)
@@ -104,7 +108,7 @@ class SharqRequest(Request):
 
     def _ended(self):
         if self.counted_in is not None:
-            self.counted_in.request_ended()
+            self.counted_in.request_ended(self)
             self.counted_in = None
 
     def _unservable(self):
@@ -314,7 +318,7 @@ class SharqSite(Site):
     noisy = False
 
     def __init__(self, resource, max_request_size, access_log=None,
-                 log_formatter=combinedLogFormatter, idle_timeout=60,
+                 log_formatter=combinedLogFormatter, observe=None, idle_timeout=60,
                  header_timeout=10, max_connections=10000, **kwargs):
         # Bodies are JSON, never forms: skip twisted.web's parsing of the
         # Content-Type header (through the email package) on every POST,
@@ -335,6 +339,8 @@ class SharqSite(Site):
         self._log_time = None
         self.in_flight = 0
         self._idle_waiters = []
+        # observe(request, seconds) is told of every answered request (metrics)
+        self.observe = observe
 
     # ---- connections: at most max_connections, the rest told 503
 
@@ -353,17 +359,20 @@ class SharqSite(Site):
     def connection_closed(self):
         self.connections -= 1
 
-    # ---- requests in flight, for the drain on stop
+    # ---- requests in flight, for the drain on stop (and the metrics)
 
     def request_started(self):
         self.in_flight += 1
 
-    def request_ended(self):
+    def request_ended(self, request=None):
         self.in_flight -= 1
         if not self.in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
+        if self.observe is not None and request is not None and request.finished \
+                and not request.gone:
+            self.observe(request, time.monotonic() - request.began)
 
     def when_idle(self):
         """A Deferred that fires once no request is in flight."""
