@@ -100,6 +100,9 @@ def test_route_actions_and_types():
     assert required(b"GET", b"/queues/sms/u1/") == ("read", "sms")
     assert required(b"GET", b"/enqueue/%73ms/u1/") == ("enqueue", "sms")
     assert required(b"GET", b"/deepstatus/") == (None, None)
+    assert required(b"GET", b"/health/") == (None, None)
+    assert required(b"GET", b"/prometheus") == ("read", None)
+    assert required(b"GET", b"/dashboard/") == ("read", None)
 
 
 def test_private_listen_addresses():
