@@ -15,8 +15,10 @@ same HTTP workloads on both.  Figures, sharqd / original and their ratio:
      with each side's own Lua scripts, pipelined);
   4. redis-benchmark of each side's enqueue script;
 and for sharqd alone, figures for the next round: /metrics/<type>/ over
-200,000 queues (largest Redis call, SLOWLOG), and the requeue pass with
-2,000 and 20,000 idle types (sharqd and Redis CPU).
+200,000 queues (largest Redis call, SLOWLOG), the requeue of 1,000,000
+active jobs expiring at once (time, and a concurrent enqueue's latency),
+and the requeue pass with 2,000 and 20,000 idle types (sharqd and Redis
+CPU).
 
 CPU and Redis usec are counters, not rates: they hold on a busy machine
 far better than req/s.  The original (../shared/original, README there)
@@ -348,6 +350,54 @@ def idle_types(redis, twistd, tmp, types, window):
         redis.call("FLUSHALL")
 
 
+def requeue_at_scale(redis, twistd, tmp, jobs):
+    """`jobs` active jobs (1,000 queues) whose leases all ended at the same
+    moment, then a sharqd starts: seconds until its requeue passes have put
+    them all back, and the latency of an enqueue (another type) sent every
+    10 ms meanwhile."""
+    scripts = Scripts(redis)
+    redis.call("FLUSHALL")
+    then = int(time.time() * 1000) - 60000  # the scripts' clock for the fill
+    head = lambda: [f"sharq_server:{{{QTYPE}}}", "sharq_server", QTYPE, then]  # noqa: E731
+    for start in range(0, jobs, 50000):
+        part = range(start, min(jobs, start + 50000))
+        redis.pipeline([["EVALSHA", scripts.sha["enqueue"], 0, *head(), f"q{i % 1000}",
+                         f"j{i}", 0, b'{"n":1}', -1, ""] for i in part])
+        redis.pipeline([["EVALSHA", scripts.sha["dequeue"], 0, *head(), 1000] for _ in part])
+    active = int(redis.call("ZCARD", f"sharq_server:{{{QTYPE}}}:deadlines"))
+    server = Sharqd(tmp, redis.port, twistd, prefix="sharq_server").start()
+    latencies, done = [], threading.Event()
+
+    def enqueue_meanwhile():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        k = 0
+        while not done.is_set():
+            started = time.monotonic()
+            conn.request("POST", f"/enqueue/other/q{k % 10}/", json.dumps(
+                {"job_id": f"o{k}", "interval": 0, "payload": 1}))
+            conn.getresponse().read()
+            latencies.append(time.monotonic() - started)
+            k += 1
+            time.sleep(0.01)
+
+    probe = threading.Thread(target=enqueue_meanwhile)
+    started = time.monotonic()
+    probe.start()
+    try:
+        processes.wait_for(lambda: int(redis.call(
+            "ZCARD", f"sharq_server:{{{QTYPE}}}:deadlines")) == 0, timeout=3600, step=0.1)
+        seconds = time.monotonic() - started
+    finally:
+        done.set()
+        probe.join()
+        server.stop()
+        redis.call("FLUSHALL")
+    latencies.sort()
+    return {"jobs": active, "seconds": seconds, "enqueues": len(latencies),
+            "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+            "max_ms": 1000 * latencies[-1]}
+
+
 def redis_cpu(redis):
     info = redis.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
@@ -359,7 +409,7 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
 
 
-def report(meta, http_rows, memory, raw, paging, idle):
+def report(meta, http_rows, memory, raw, paging, idle, requeue):
     out = [MARK, "## Side by side with the original SharQ Server", ""]
     out += [f"- {line}" for line in meta] + [""]
     out += ["### CPU and Redis time per request (same HTTP workload, one Redis)", "",
@@ -424,6 +474,12 @@ def report(meta, http_rows, memory, raw, paging, idle):
                 f"{paging['calls']:,} calls, SSCAN median {paging['median_scan_us'] / 1000:.2f} ms "
                 f"(one SMEMBERS of the set, as before paging: "
                 f"{paging['smembers_us'] / 1000:.1f} ms)"]
+    if requeue:
+        out.append(f"- requeue at scale: {requeue['jobs']:,} active jobs (1,000 queues) "
+                   f"whose leases ended at the same moment, put back by sharqd's requeue "
+                   f"passes in {requeue['seconds']:.1f} s (from sharqd's start); an enqueue "
+                   f"every 10 ms meanwhile ({requeue['enqueues']:,}): p99 "
+                   f"{requeue['p99_ms']:.1f} ms, max {requeue['max_ms']:.1f} ms")
     for row in idle:
         out.append(f"- requeue pass, {row['types']:,} idle types (one pending job each, "
                    f"nothing expiring): sharqd {row['sharqd_pct']:.1f}% of a core, Redis "
@@ -453,11 +509,12 @@ def main():
     parser.add_argument("--original-venv", default=str(ROOT / ".venv-original"))
     parser.add_argument("--jobs", type=int, default=5000, help="jobs of the HTTP workload")
     parser.add_argument("--mem-jobs", type=int, default=100000)
+    parser.add_argument("--requeue-jobs", type=int, default=1000000)
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke test")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.quick:
-        args.jobs, args.mem_jobs = 500, 5000
+        args.jobs, args.mem_jobs, args.requeue_jobs = 500, 5000, 20000
     source, venv = Path(args.original).resolve(), Path(args.original_venv).resolve()
     original_venv(source, venv)
     lua = next(venv.glob("lib/python3*/site-packages/sharq/scripts/lua/enqueue.lua"))
@@ -517,10 +574,12 @@ def main():
             for types in ((200,) if args.quick else (2000, 20000)):
                 log(f"requeue pass with {types} idle types")
                 idle.append(idle_types(redis, args.twistd, tmp, types, 3 if args.quick else 10))
+            log(f"requeue of {args.requeue_jobs} expired jobs")
+            requeue = requeue_at_scale(redis, args.twistd, tmp, args.requeue_jobs)
         finally:
             redis.close()
             redis_server.cleanup()
-    markdown = report(meta, http_rows, memory, raw, paging, idle)
+    markdown = report(meta, http_rows, memory, raw, paging, idle, requeue)
     print(markdown)
     if not args.no_write:
         write_results(markdown)
