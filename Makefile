@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-instructions deb deb-check
+.PHONY: run test bench bench-extensions bench-instructions bench-policy deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -26,6 +26,14 @@ bench-extensions:
 	./scripts/setup.sh
 	.venv/bin/python bench/longpoll.py
 	.venv/bin/python bench/batch_enqueue.py
+
+# Redis time per dequeue with 1, 1,000 and 100,000 queues, half of them
+# paused or at their max_active cap (bench/policy_scale.py); a few minutes.
+# `make bench-policy POLICY_ARGS="--baseline main"` adds main's scripts.
+POLICY_ARGS ?=
+bench-policy:
+	./scripts/setup.sh
+	.venv/bin/python bench/policy_scale.py $(POLICY_ARGS)
 
 # Instructions per enqueue/dequeue/finish under callgrind: the same count
 # on a busy machine, for before/after comparisons of CPU per request.

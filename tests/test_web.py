@@ -227,11 +227,11 @@ class RoutesTests(TestCase):
 
     async def test_dequeue_answers_the_job(self):
         """When a job is ready, 200 carries it with its payload as JSON."""
-        self.queue.job = Job("u1", "j1", b'{"a": [1, "b"]}', 2, 9)
+        self.queue.job = Job("u1", "j1", b'{"a": [1, "b"]}', 2, 9, "7")
         self.assertEqual(await self.call("GET", "/dequeue/sms/"), (200, {
             "status": "success", "queue_id": "u1", "job_id": "j1",
             "payload": {"a": [1, "b"]}, "requeues_remaining": 2,
-            "current_queue_length": 9}))
+            "current_queue_length": 9, "lease_id": "7"}))
 
     async def test_dequeue_default_type_and_nothing_ready(self):
         """When /dequeue/ has no type, `default` is used; nothing ready is 404."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import NamedTuple, Optional
 
-from sharqd.errors import Conflict, NotFound, QueueFull
+from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
 from sharqd.redis.scripts import Script
 
 _LUA = resources.files("sharqd.queue.lua")
@@ -23,7 +23,7 @@ def load_script(name, shared=True):
 SCRIPTS = {name: load_script(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
-    "deadletters")}
+    "deadletters", "policy", "explain")}
 LOCK = load_script("lock", shared=False)
 
 # Members of a type's queue set one SSCAN reads: well under 1 ms of Redis
@@ -50,6 +50,7 @@ class Job:
     payload: bytes
     requeues_remaining: int
     current_queue_length: int
+    lease_id: str = ""  # new at each hand-out: finish and touch may check it
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ def _not_active(queue_type, queue_id, job_id):
     return NotFound(f"Job `{job_id}` is not active in queue `{queue_type}/{queue_id}`.")
 
 
+def _not_current_lease(queue_type, queue_id, job_id, lease_id):
+    return Conflict(f"Lease `{lease_id}` of job `{job_id}` in queue "
+                    f"`{queue_type}/{queue_id}` has ended: the job was handed out "
+                    f"again, and only its current worker may finish or touch it.")
+
+
 def _not_dead(queue_type, queue_id, job_id):
     return NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
                     f"is not a dead letter.")
@@ -83,16 +90,83 @@ def _enqueued(reply, queue_type, queue_id, job_id):
     return reply[1]
 
 
-def _dequeued(reply):
+def _dequeued(reply, queue_type):
     if reply is None:
         return None
-    queue_id, job_id, payload, budget, left = reply
-    return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left)
+    if reply == -1:
+        raise TypePaused(queue_type)
+    queue_id, job_id, payload, budget, left, lease_id = reply
+    return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left,
+               lease_id.decode())
 
 
-def _finished(reply, queue_type, queue_id, job_id):
+def _finished(reply, queue_type, queue_id, job_id, lease_id):
+    if reply == 2:
+        raise _not_current_lease(queue_type, queue_id, job_id, lease_id)
     if not reply:
         raise _not_active(queue_type, queue_id, job_id)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A rate policy; None where not set.  See README "Rate policy"."""
+    rate: Optional[float] = None
+    burst: Optional[int] = None
+    max_active: Optional[int] = None
+    paused: Optional[bool] = None
+
+    def as_dict(self):
+        return {"rate": self.rate, "burst": self.burst, "max_active": self.max_active,
+                "paused": self.paused}
+
+    @classmethod
+    def from_reply(cls, reply):
+        rate, burst, max_active, paused = (value.decode() for value in reply)
+        return cls(float(rate) if rate else None, int(burst) if burst else None,
+                   int(max_active) if max_active else None,
+                   {"1": True, "0": False}.get(paused))
+
+
+POLICY_FIELDS = ("rate", "burst", "max_active", "paused")
+
+
+def _policy_args(changes):
+    """The put script's arguments: "" for a field not given, "-" for null."""
+    def text(name):
+        if name not in changes:
+            return b""
+        value = changes[name]
+        if value is None:
+            return b"-"
+        if isinstance(value, bool):
+            return b"1" if value else b"0"
+        return repr(value).encode()
+    return [text(name) for name in POLICY_FIELDS]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A queue's state and why it is (not) handing out jobs."""
+    pending: int
+    active: int
+    source: str          # "queue" | "type" | "interval": where the policy comes from
+    policy: Policy
+    interval: int
+    type_paused: bool
+    tokens: int          # jobs its rate (or interval) lets go back to back now
+    next_ready_at: Optional[int]  # epoch ms; None while held (paused, at its cap)
+    reason: Optional[str]         # None when a job would go now
+    now: int
+    sources: dict = None  # rate, max_active, paused -> "queue" | "type" | None
+
+
+def _bytes(value):
+    """A script's reply value (integer or bulk string) as bytes."""
+    return value if isinstance(value, bytes) else b"%d" % value
+
+
+# queues one sweep call re-places after a change of a type's default policy
+SWEEP_STEP = 500
 
 
 class Queue:
@@ -129,11 +203,12 @@ class Queue:
     def dequeue(self, queue_type, lease=None):
         """Deferred of the next ready job of the type, or of None."""
         d = self._run("dequeue", queue_type, lease or self.job_expire_interval)
-        return d.addCallback(_dequeued)
+        return d.addCallback(_dequeued, queue_type)
 
-    def finish(self, queue_type, queue_id, job_id):
-        d = self._run("finish", queue_type, queue_id, job_id)
-        return d.addCallback(_finished, queue_type, queue_id, job_id)
+    def finish(self, queue_type, queue_id, job_id, lease_id=None):
+        """Finish an active job; with lease_id only if that is its current lease."""
+        d = self._run("finish", queue_type, queue_id, job_id, lease_id or b"")
+        return d.addCallback(_finished, queue_type, queue_id, job_id, lease_id)
 
     async def set_interval(self, queue_type, queue_id, interval):
         if not await self._run("interval", queue_type, queue_id, interval):
@@ -232,27 +307,96 @@ class Queue:
         the type's next ready time (None when nothing is pending)."""
         reply = await self._run("dequeuebatch", queue_type,
                                 lease or self.job_expire_interval, count)
+        if reply[0] == -2:
+            raise TypePaused(queue_type)
         jobs = [Job(reply[i].decode(), reply[i + 1].decode(), reply[i + 2],
-                    int(reply[i + 3]), reply[i + 4])
-                for i in range(1, len(reply), 5)]
+                    int(reply[i + 3]), reply[i + 4], reply[i + 5].decode())
+                for i in range(1, len(reply), 6)]
         next_ms = int(reply[0])
         return jobs, (None if next_ms < 0 else next_ms)
 
     async def finish_many(self, queue_type, jobs):
-        """Finish (queue_id, job_id) pairs; per pair None or NotFound."""
-        args = [part for pair in jobs for part in pair]
+        """Finish (queue_id, job_id[, lease_id or None]) tuples; per job None,
+        NotFound or Conflict (not the current lease)."""
+        jobs = [(job[0], job[1], job[2] if len(job) > 2 else None) for job in jobs]
+        args = [part or b"" for job in jobs for part in job]
         reply = await self._run("finishbatch", queue_type, len(jobs), *args)
-        return [None if done else _not_active(queue_type, queue_id, job_id)
-                for done, (queue_id, job_id) in zip(reply, jobs)]
+        results = []
+        for done, (queue_id, job_id, lease_id) in zip(reply, jobs):
+            try:
+                _finished(done, queue_type, queue_id, job_id, lease_id)
+            except (NotFound, Conflict) as e:
+                results.append(e)
+            else:
+                results.append(None)
+        return results
 
-    async def touch(self, queue_type, queue_id, job_id, lease=None):
+    async def touch(self, queue_type, queue_id, job_id, lease=None, lease_id=None):
         """Move an active job's deadline to now + lease; returns the deadline
-        (epoch ms)."""
+        (epoch ms).  With lease_id, only if that is its current lease."""
         deadline = await self._run("touch", queue_type, queue_id, job_id,
-                                   lease or self.job_expire_interval)
+                                   lease or self.job_expire_interval, lease_id or b"")
+        if deadline == -1:
+            raise _not_current_lease(queue_type, queue_id, job_id, lease_id)
         if not deadline:
             raise _not_active(queue_type, queue_id, job_id)
         return int(deadline)
+
+    # ---- rate policies (queue_id None: the type's default policy)
+
+    async def get_policy(self, queue_type, queue_id=None):
+        """The stored Policy, or None when there is none."""
+        reply = await self._run("policy", queue_type, b"get", queue_id or b"")
+        return None if reply is None else Policy.from_reply(reply)
+
+    async def put_policy(self, queue_type, queue_id, changes):
+        """Change a queue's (or, queue_id None, the type's default) policy:
+        changes maps fields to new values, None removing one; the others
+        are kept.  It applies at once.  Returns the Policy stored."""
+        reply = await self._run("policy", queue_type, b"put", queue_id or b"",
+                                *_policy_args(changes))
+        if reply == -1:
+            raise BadRequest("`burst` needs a `rate`: give both (an `interval` alone "
+                             "is a burst of 1).")
+        if queue_id is None:
+            await self._sweep(queue_type)
+        return Policy.from_reply(reply)
+
+    async def delete_policy(self, queue_type, queue_id=None):
+        """Drop a policy; False when there was none."""
+        existed = await self._run("policy", queue_type, b"delete", queue_id or b"")
+        if existed and queue_id is None:
+            await self._sweep(queue_type)
+        return bool(existed)
+
+    async def _sweep(self, queue_type):
+        """Put every queue that follows the type's default policy in its
+        place, in calls of about SWEEP_STEP queues (none holds Redis long);
+        dequeues meanwhile check each queue they pick against its policy."""
+        cursor = b"0"
+        while True:
+            cursor = await self._run("policy", queue_type, b"sweep", b"", cursor, SWEEP_STEP)
+            if cursor in (b"0", 0):
+                return
+
+    async def pause_type(self, queue_type):
+        return bool(await self._run("policy", queue_type, b"pause", b""))
+
+    async def resume_type(self, queue_type):
+        return bool(await self._run("policy", queue_type, b"resume", b""))
+
+    async def explain(self, queue_type, queue_id):
+        """An Explanation of the queue, from one script call."""
+        (pending, active, source, rate, burst, max_active, paused, interval,
+         type_paused, tokens, next_at, reason, now, *sources) = await self._run(
+            "explain", queue_type, queue_id)
+        policy = Policy.from_reply([_bytes(rate), _bytes(burst), _bytes(max_active), paused])
+        return Explanation(int(pending), int(active), source.decode(), policy, int(interval),
+                           type_paused == b"1", int(tokens),
+                           None if next_at == -1 else int(next_at),
+                           reason.decode() or None, int(now),
+                           {name: source.decode() or None for name, source in
+                            zip(("rate", "max_active", "paused"), sources)})
 
     async def dead_letters(self, queue_type, offset=0, limit=100):
         """(total, [entry JSON bytes, ...]) newest first."""

@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from sharqd.web import validation
-from sharqd.errors import BadRequest, SharqError
+from sharqd.errors import BadRequest, NotFound, SharqError
 from sharqd.queue.waiters import Waiters
 
 JSON = b"application/json"
@@ -56,9 +56,18 @@ def _job(job, request, queue_type):
     # the stored payload is JSON text: splice it in rather than decode it
     return answer(request, 200, b'{"status": "success", "queue_id": "%s", '
                   b'"job_id": "%s", "payload": %s, "requeues_remaining": %d, '
-                  b'"current_queue_length": %d}' % (
+                  b'"current_queue_length": %d, "lease_id": "%s"}' % (
                       job.queue_id.encode(), job.job_id.encode(), job.payload,
-                      job.requeues_remaining, job.current_queue_length))
+                      job.requeues_remaining, job.current_queue_length,
+                      job.lease_id.encode()))
+
+
+def _policy_json(policy):
+    """A stored policy as answered: burst 1 when a rate has none."""
+    body = policy.as_dict()
+    if policy.rate is not None and policy.burst is None:
+        body["burst"] = 1
+    return body
 
 
 def hot(handler):
@@ -156,7 +165,8 @@ class Api:
     @hot
     def finish(self, request, queue_type, queue_id, job_id):
         validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
-        d = self.queue.finish(queue_type, queue_id, job_id)
+        lease_id = validation.finish_lease_id(request.args, request.content.read())
+        d = self.queue.finish(queue_type, queue_id, job_id, lease_id)
         return d.addCallback(lambda _: answer(request, 200, b'{"status": "success"}'))
 
     @app.route("/interval/<queue_type>/<queue_id>/", methods=["POST"])
@@ -228,9 +238,9 @@ class Api:
             return _job(jobs[0] if jobs else None, request, queue_type)
         return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
             b'{"queue_id": "%s", "job_id": "%s", "payload": %s, '
-            b'"requeues_remaining": %d}' % (
+            b'"requeues_remaining": %d, "lease_id": "%s"}' % (
                 job.queue_id.encode(), job.job_id.encode(), job.payload,
-                job.requeues_remaining) for job in jobs))
+                job.requeues_remaining, job.lease_id.encode()) for job in jobs))
 
     @app.route("/enqueue/<queue_type>/", methods=["POST"])
     async def enqueue_batch(self, request, queue_type):
@@ -264,9 +274,12 @@ class Api:
     @app.route("/touch/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
     async def touch(self, request, queue_type, queue_id, job_id):
         validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
-        lease = validation.lease_field(validation.json_body(request.content.read()))
-        lease = lease or self.queue.job_expire_interval
-        deadline = await self.queue.touch(queue_type, queue_id, job_id, lease)
+        body = validation.json_body(request.content.read())
+        lease = validation.lease_field(body) or self.queue.job_expire_interval
+        lease_id = validation.query_arg(request.args, "lease_id")
+        lease_id = (validation.lease_id_field(body) if lease_id is None
+                    else validation.lease_id(lease_id))
+        deadline = await self.queue.touch(queue_type, queue_id, job_id, lease, lease_id)
         return answer(request, 200, {"status": "success", "lease": lease,
                                      "deadline": deadline})
 
@@ -300,6 +313,83 @@ class Api:
         validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
         await self.queue.retry_dead_letter(queue_type, queue_id, job_id)
         return answer(request, 201, {"status": "queued"})
+
+    # ---- rate policies, pause, explain (README "Rate policy")
+
+    @app.route("/policy/<queue_type>/<queue_id>/", methods=["PUT"])
+    async def put_policy(self, request, queue_type, queue_id=None):
+        validation.identifier("queue_type", queue_type)
+        if queue_id is not None:
+            validation.identifier("queue_id", queue_id)
+        changes = validation.policy_fields(validation.json_body(request.content.read()))
+        policy = await self.queue.put_policy(queue_type, queue_id, changes)
+        return answer(request, 200, {"status": "success", **_policy_json(policy)})
+
+    @app.route("/policy/<queue_type>/<queue_id>/", methods=["GET"])
+    async def get_policy(self, request, queue_type, queue_id=None):
+        validation.identifier("queue_type", queue_type)
+        if queue_id is not None:
+            validation.identifier("queue_id", queue_id)
+        policy = await self.queue.get_policy(queue_type, queue_id)
+        if policy is None:
+            raise _no_policy(queue_type, queue_id)
+        return answer(request, 200, {"status": "success", **_policy_json(policy)})
+
+    @app.route("/policy/<queue_type>/<queue_id>/", methods=["DELETE"])
+    async def delete_policy(self, request, queue_type, queue_id=None):
+        validation.identifier("queue_type", queue_type)
+        if queue_id is not None:
+            validation.identifier("queue_id", queue_id)
+        if not await self.queue.delete_policy(queue_type, queue_id):
+            raise _no_policy(queue_type, queue_id)
+        return answer(request, 200, {"status": "success"})
+
+    @app.route("/policy/<queue_type>/", methods=["PUT"])
+    def put_type_policy(self, request, queue_type):
+        return self.put_policy(request, queue_type)
+
+    @app.route("/policy/<queue_type>/", methods=["GET"])
+    def get_type_policy(self, request, queue_type):
+        return self.get_policy(request, queue_type)
+
+    @app.route("/policy/<queue_type>/", methods=["DELETE"])
+    def delete_type_policy(self, request, queue_type):
+        return self.delete_policy(request, queue_type)
+
+    @app.route("/pause/<queue_type>/", methods=["POST"])
+    async def pause_type(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        changed = await self.queue.pause_type(queue_type)
+        return answer(request, 200, {"status": "success", "paused": True, "changed": changed})
+
+    @app.route("/resume/<queue_type>/", methods=["POST"])
+    async def resume_type(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        changed = await self.queue.resume_type(queue_type)
+        return answer(request, 200, {"status": "success", "paused": False, "changed": changed})
+
+    @app.route("/queues/<queue_type>/<queue_id>/", methods=["GET"])
+    async def explain(self, request, queue_type, queue_id):
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id)
+        e = await self.queue.explain(queue_type, queue_id)
+        policy = _policy_json(e.policy)
+        policy["interval"] = e.interval
+        return answer(request, 200, {
+            "status": "success", "queue_type": queue_type, "queue_id": queue_id,
+            "pending": e.pending, "active": e.active,
+            "policy": policy, "policy_source": e.source, "policy_sources": e.sources,
+            "limited_by": "rate" if e.policy.rate is not None else "interval",
+            "type_paused": e.type_paused, "tokens": e.tokens,
+            "ready": e.reason is None, "reason": e.reason,
+            "next_ready_at": e.next_ready_at, "now": e.now})
+
+
+def _no_policy(queue_type, queue_id):
+    if queue_id is None:
+        return NotFound(f"Queue type `{queue_type}` has no default policy; set one with "
+                        f"PUT /policy/{queue_type}/.")
+    return NotFound(f"Queue `{queue_type}/{queue_id}` has no policy of its own; "
+                    f"GET /queues/{queue_type}/{queue_id}/ shows the one in force.")
 
 
 DEAD_LETTER_PAGE = 100
