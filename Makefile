@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-instructions bench-policy deb deb-check
+.PHONY: run test bench bench-extensions bench-observability bench-instructions bench-policy deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -40,6 +40,13 @@ bench-policy:
 bench-instructions:
 	./scripts/setup.sh valgrind
 	.venv/bin/python bench/instructions.py --twistd .venv/bin/twistd
+
+# The cost of a /prometheus scrape (1,000 types, 100,000 queues) and the
+# Redis time per enqueue/dequeue/finish; see bench/RESULTS-observability.md.
+bench-observability:
+	./scripts/setup.sh
+	.venv/bin/python bench/scrape.py
+	.venv/bin/python bench/script_cost.py
 
 # Debian packaging (see README, "Install on Debian").
 

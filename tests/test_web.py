@@ -55,7 +55,7 @@ class RecordingQueue:
 
     async def global_metrics(self):
         self._record("global_metrics")
-        return ["sms"], Counts([60000, 120000], [1, 2], [0, 5], [0, 1])
+        return ["sms"], Counts([60000, 120000], [1, 2], [0, 5], [0, 1], [0, 4])
 
     async def queue_id_page(self, queue_type, offset, limit):
         self._record("queue_id_page", queue_type, offset, limit)
@@ -290,7 +290,8 @@ class RoutesTests(TestCase):
             "status": "success", "queue_types": ["sms"],
             "enqueue_counts": {"60000": 1, "120000": 2},
             "dequeue_counts": {"60000": 0, "120000": 5},
-            "dead_letter_counts": {"60000": 0, "120000": 1}}))
+            "dead_letter_counts": {"60000": 0, "120000": 1},
+            "finish_counts": {"60000": 0, "120000": 4}}))
         self.assertEqual(await self.call("GET", "/metrics/sms/"),
                          (200, {"status": "success", "queue_ids": ["a", "b"],
                                 "dead_letter_length": 4, "total": 2, "offset": 0,

@@ -3,9 +3,13 @@ The queue operations, each one Lua script call over an injected execute
 function.  Inputs are already validated; results are plain Python values.
 """
 
-from dataclasses import dataclass
+import heapq
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import NamedTuple, Optional
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.python.failure import Failure
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
 from sharqd.redis.scripts import Script
@@ -23,7 +27,7 @@ def load_script(name, shared=True):
 SCRIPTS = {name: load_script(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
-    "deadletters", "policy", "explain")}
+    "deadletters", "policy", "explain", "stats", "topqueues")}
 LOCK = load_script("lock", shared=False)
 
 # Members of a type's queue set one SSCAN reads: well under 1 ms of Redis
@@ -60,6 +64,47 @@ class Counts:
     enqueued: list
     dequeued: list
     dead: list = ()  # jobs moved to the dead letters
+    finished: list = ()  # counted for all queues together only
+
+
+# Queues one top-queues call reads: keeps each call well under a
+# millisecond of Redis time, so concurrent enqueues are not held up.
+STATS_STEP = 100
+# Script calls of a scrape in flight at once: as many as connections, so a
+# request's command waits behind at most one of them.
+STATS_PARALLEL = 4
+TOTALS = ("enqueued", "dequeued", "finished", "requeued", "dead_lettered",
+          "rejected_duplicate", "rejected_max_queued_length")
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    """What a queue type holds now, and its event totals since it began."""
+    queue_type: str
+    pending: int
+    active: int
+    ready_queues: int
+    dead_letters: int
+    oldest_ready_age: float  # seconds the longest-ready queue has waited
+    totals: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue of a type as the dashboard lists it."""
+    queue_id: str
+    pending: int
+    active: int
+    interval: int
+    ready_at: Optional[int]  # epoch ms; None when nothing is pending
+
+
+async def _gather(deferreds):
+    """Their results in order, or the first failure itself (503, ...)."""
+    try:
+        return await gatherResults(deferreds, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
 
 
 def _duplicate(queue_type, queue_id, job_id):
@@ -183,6 +228,7 @@ class Queue:
         self.job_expire_interval = job_expire_interval
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
+        self._stats_waiters = []  # callers of all_type_stats while a read runs
 
     def _run(self, name, queue_type, *args):
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
@@ -229,8 +275,8 @@ class Queue:
             b"SMEMBERS", f"{self.prefix}:types"))
 
     async def global_metrics(self):
-        types, minutes, enq, deq, dead = await self._run("metrics", "", b"global")
-        return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead)
+        types, minutes, enq, deq, dead, done = await self._run("metrics", "", b"global")
+        return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead, done)
 
     async def queue_ids(self, queue_type):
         """Every queue id of the type, sorted, read in bounded steps."""
@@ -423,3 +469,84 @@ class Queue:
     async def purge_dead_letters(self, queue_type):
         """Delete every dead letter of the type; returns how many."""
         return int(await self._run("deadletters", queue_type, b"purge"))
+
+    # ---- figures for /prometheus and the dashboard
+
+    async def type_stats(self, queue_type, limit=None):
+        """A TypeStats, in one script call of O(log N) Redis time (see
+        stats.lua); at most limit.tokens (a DeferredSemaphore) in flight."""
+        limit = limit or DeferredSemaphore(STATS_PARALLEL)
+        reply = await limit.run(self._run, "stats", queue_type)
+        pending, active, ready, dead, head, now = (int(n) for n in reply[:6])
+        raw = reply[6]
+        totals = {name: 0 for name in TOTALS}
+        totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)
+                      if raw[i].decode() in totals)
+        age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
+        return TypeStats(queue_type, pending, active, ready, dead, age, totals)
+
+    async def known_types(self):
+        """Every type with jobs now or seen by an earlier call: a type keeps
+        its dead letters and totals after its last queue is gone."""
+        known = f"{self.prefix}:known_types"
+        now = await self.execute(b"SMEMBERS", f"{self.prefix}:types")
+        if now:
+            await self.execute(b"SADD", known, *now)
+        return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
+
+    def all_type_stats(self):
+        """Deferred of the TypeStats of every known type.  Callers that come
+        while a read runs share its result: several scrapers and open
+        dashboards cost one read, not one each."""
+        waiter = Deferred()
+        self._stats_waiters.append(waiter)
+        if len(self._stats_waiters) == 1:
+            Deferred.fromCoroutine(self._read_all_type_stats()).addBoth(self._stats_read)
+        return waiter
+
+    def _stats_read(self, result):
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read_all_type_stats(self):
+        """TypeStats of every known type; STATS_PARALLEL calls at a time
+        over all of them."""
+        types = await self.known_types()
+        limit = DeferredSemaphore(STATS_PARALLEL)
+        return await _gather([Deferred.fromCoroutine(self.type_stats(t, limit))
+                              for t in types])
+
+    async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):
+        """The first limit queues of the type (with pending or active jobs),
+        as QueueRows: the most pending first (ties by queue id), or by
+        queue id with sort="queue_id"."""
+        if sort == "queue_id":
+            def order(r):
+                return r.queue_id
+        else:
+            def order(r):
+                return (-r.pending, r.queue_id)
+        rows, cursor = {}, b"0"
+        while True:
+            reply = await self._run("topqueues", queue_type, cursor, step, limit, sort)
+            cursor = reply[0]
+            for i in range(1, len(reply), 5):
+                ready_at = int(reply[i + 4])
+                row = QueueRow(reply[i].decode(), int(reply[i + 1]), int(reply[i + 2]),
+                               int(reply[i + 3]), None if ready_at < 0 else ready_at)
+                rows[row.queue_id] = row  # SSCAN may give a queue twice
+            rows = {r.queue_id: r for r in heapq.nsmallest(limit, rows.values(), key=order)}
+            if cursor == b"0":
+                return sorted(rows.values(), key=order)
+
+    async def redis_version(self):
+        """The Redis server's version, from INFO."""
+        info = (await self.execute(b"INFO", b"server")).decode()
+        for line in info.splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"

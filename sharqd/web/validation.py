@@ -307,3 +307,12 @@ def policy_fields(body):
     if rate is not None:
         changes["rate"] = float(rate)
     return changes
+
+
+def sort_arg(text):
+    """The `sort` of GET /queues/<type>/: pending (default) or queue_id."""
+    if text is None:
+        return "pending"
+    if text not in ("pending", "queue_id"):
+        raise invalid("sort")
+    return text

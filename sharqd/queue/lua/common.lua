@@ -18,6 +18,34 @@ local K_READY = BASE .. ':ready'          -- zset queue_id -> ready time (queues
 local K_DEADLINES = BASE .. ':deadlines'  -- zset "queue_id:job_id" -> deadline (active jobs)
 local K_QUEUES = BASE .. ':queues'        -- set of queue ids with pending or active jobs
 local K_TYPES = GLOBAL .. ':types'        -- set of queue types with pending or active jobs
+local K_TOTALS = BASE .. ':totals'        -- hash kind -> events of the type since it began
+
+-- Add n events of a kind to the type's totals (GET /prometheus): one
+-- HINCRBY, in the type's own hash slot.
+local function add_total(kind, n)
+  if n > 0 then redis.call('HINCRBY', K_TOTALS, kind, n) end
+end
+
+-- Count n events of a kind for all queues together, in this minute's
+-- counters (the finish counts of GET /metrics/).
+local function count_all(kind, n)
+  local g = GLOBAL .. ':stats:' .. MINUTE
+  if redis.call('HINCRBY', g, kind, n) == n then redis.call('PEXPIRE', g, 660000) end
+end
+
+-- The totals of a batch enqueue's answer {code, length, ...}.
+local function add_enqueue_totals(reply)
+  local stored, duplicate, full = 0, 0, 0
+  for k = 1, #reply, 2 do
+    local code = reply[k]
+    if code == 201 then stored = stored + 1
+    elseif code == 409 then duplicate = duplicate + 1
+    else full = full + 1 end
+  end
+  add_total('enqueued', stored)
+  add_total('rejected_duplicate', duplicate)
+  add_total('rejected_max_queued_length', full)
+end
 
 local function k_pending(qid) return BASE .. ':pending:' .. qid end  -- list of job ids
 local function k_active(qid) return BASE .. ':active:' .. qid end    -- set of job ids

@@ -6,4 +6,5 @@ local tally = {}
 local qid, jid, payload, budget, left, lease_id = take_one(tonumber(ARGV[5]), tally)
 if not qid then return nil end
 count('dequeued', qid)
+add_total('dequeued', 1)
 return {qid, jid, payload, budget, left, lease_id}

@@ -8,14 +8,16 @@
 -- lease id, per job}
 if type_policy().type_paused then return {-2} end
 local lease, wanted = tonumber(ARGV[5]), tonumber(ARGV[6])
-local reply, tally = {0}, {}
+local reply, tally, taken = {0}, {}, 0
 for _ = 1, wanted do
   local qid, jid, payload, budget, left, lease_id = take_one(lease, tally)
   if not qid then break end
+  taken = taken + 1
   local n = #reply
   reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4], reply[n + 5], reply[n + 6] =
     qid, jid, payload, budget, left, lease_id
 end
 count_tally('dequeued', tally)
+add_total('dequeued', taken)
 reply[1] = next_ready_in()
 return reply

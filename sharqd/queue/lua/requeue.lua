@@ -54,4 +54,6 @@ for i = #due, 1, -1 do
   end
 end
 notify_ready()
+add_total('requeued', requeued)
+add_total('dead_lettered', discarded)
 return {requeued, discarded, #due}
