@@ -30,6 +30,10 @@ SCRIPTS = {name: load_script(name) for name in (
     "deadletters", "policy", "explain", "stats", "topqueues")}
 LOCK = load_script("lock", shared=False)
 
+# Members of a type's queue set one SSCAN reads: well under 1 ms of Redis
+# time, and few round trips to reach a deep offset.
+SCAN_STEP = 2000
+
 
 class BatchJob(NamedTuple):
     """One job of a batch enqueue, validated.  payload is JSON text (UTF-8);
@@ -275,7 +279,32 @@ class Queue:
         return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead, done)
 
     async def queue_ids(self, queue_type):
-        return sorted(q.decode() for q in await self._run("metrics", queue_type, b"type"))
+        """Every queue id of the type, sorted, read in bounded steps."""
+        _, ids = await self.queue_id_page(queue_type, 0, None)
+        return sorted(ids)
+
+    async def queue_id_page(self, queue_type, offset, limit):
+        """
+        (number of queues of the type, up to limit of their ids from offset
+        on; limit None: all), in Redis' scan order of the set, which stays
+        the same while the set does not change.  Each SSCAN reads about
+        SCAN_STEP members, so no call holds Redis for long however many
+        queues there are (one SMEMBERS of 200,000 held it 0.2 s).
+        """
+        key = f"{self.prefix}:{{{queue_type}}}:queues"
+        total = int(await self.execute(b"SCARD", key))
+        ids, skip, cursor = [], offset, b"0"
+        while limit is None or len(ids) < limit:
+            cursor, members = await self.execute(b"SSCAN", key, cursor,
+                                                 b"COUNT", SCAN_STEP)
+            if skip >= len(members):
+                skip -= len(members)
+            else:
+                ids.extend(m.decode() for m in members[skip:])
+                skip = 0
+            if cursor == b"0":
+                break
+        return total, ids[:limit]
 
     async def queue_metrics(self, queue_type, queue_id):
         length, minutes, enq, deq, dead = await self._run(

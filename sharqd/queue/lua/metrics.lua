@@ -1,6 +1,6 @@
--- ARGV[5] "global" | "type" | "queue", [6] queue_id for "queue".
+-- ARGV[5] "global" | "queue", [6] queue_id for "queue".  (The queue ids
+-- of a type are read with SSCAN, in pages: see Queue.queue_id_page.)
 -- global: {types, minutes, enqueued, dequeued, dead, finished}
--- type:   {queue ids}
 -- queue:  {pending length, minutes, enqueued, dequeued, dead}
 local function counts(prefix)
   local minutes, enqueued, dequeued, dead, finished = {}, {}, {}, {}, {}
@@ -21,8 +21,6 @@ local scope = ARGV[5]
 if scope == 'global' then
   local m, e, d, x, f = counts(GLOBAL .. ':stats:')
   return {redis.call('SMEMBERS', K_TYPES), m, e, d, x, f}
-elseif scope == 'type' then
-  return redis.call('SMEMBERS', K_QUEUES)
 else
   local qid = ARGV[6]
   local m, e, d, x = counts(BASE .. ':stats:' .. qid .. ':')
