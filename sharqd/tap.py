@@ -77,8 +77,7 @@ def listen_description(server):
     if server.listen:
         return server.listen
     host = server.host.replace(":", "\\:")  # IPv6 literals
-    # a backlog above Twisted's 50, so a burst of connects is not dropped
-    return f"tcp:{server.port}:interface={host}:backlog={LISTEN_BACKLOG}"
+    return f"tcp:{server.port}:interface={host}"
 
 
 def config_args(options):
@@ -163,6 +162,9 @@ def listening(config, site, reactor):
         except ValueError as e:
             _fail(config, "sharq-server", "listen", where, e)
         return tls.endpoint(reactor), tls.wrap(site), tls.reload
+    if not config.server.listen:
+        # a backlog above Twisted's 50, so a burst of connects is not dropped
+        where += f":backlog={LISTEN_BACKLOG}"
     try:
         return endpoints.serverFromString(reactor, where), site, None
     except Exception as e:
