@@ -39,12 +39,13 @@ def free_port():
 class RedisServer:
     """A redis-server of our own, on a free TCP port and a unix socket."""
 
-    def __init__(self, appendonly=False, password=None, port=None):
+    def __init__(self, appendonly=False, password=None, port=None, extra=()):
         self.dir = tempfile.mkdtemp(prefix="sharqd-redis-")
         self.port = port or free_port()
         self.unix_socket = os.path.join(self.dir, "redis.sock")
         self.appendonly = appendonly
         self.password = password
+        self.extra = list(extra)
         self.process = None
 
     def start(self):
@@ -54,6 +55,7 @@ class RedisServer:
                 "--appendonly", "yes" if self.appendonly else "no"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
@@ -71,6 +73,12 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+        self.process = None
+
+    def kill(self):
+        """SIGKILL: the node dies as in a crash."""
+        self.process.kill()
+        self.process.wait(10)
         self.process = None
 
     def pause(self):
@@ -93,6 +101,19 @@ class RedisServer:
             s.sendall(encode_command(args))
             return s.recv(4096).split(b"\r\n")[0]
 
+    def info(self, *args):
+        """A command whose answer is one bulk string (INFO, CLUSTER INFO,
+        CLUSTER NODES), as text."""
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(encode_command(args))
+            data = b""
+            while True:
+                data += s.recv(65536)
+                head, sep, rest = data.partition(b"\r\n")
+                if sep and (head[:1] != b"$" or len(rest) >= int(head[1:]) + 2):
+                    break
+            return rest[:int(head[1:])].decode() if head[:1] == b"$" else head.decode()
+
     def cleanup(self):
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -106,7 +127,116 @@ class RedisServer:
         return RedisSection(port=self.port, **overrides)
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port > 55000:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+class RedisCluster:
+    """A Redis Cluster of our own: 3 masters and 3 replicas on free
+    loopback ports, each node in its own temporary folder."""
+
+    def __init__(self, masters=3, replicas=1, node_timeout=2000, appendonly=False):
+        self.node_timeout = node_timeout
+        self.replicas = replicas
+        self.nodes = [RedisServer(appendonly=appendonly, port=free_cluster_port(), extra=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout)])
+            for _ in range(masters * (1 + replicas))]
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+        subprocess.run([REDIS_CLI, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        self.wait_ok()
+        return self
+
+    def node(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def running(self):
+        return [n for n in self.nodes if n.process is not None]
+
+    def wait_ok(self, timeout=30):
+        """Until every running node says cluster_state:ok and agrees on
+        which nodes are masters with slots."""
+        def ok():
+            try:
+                views = {tuple(sorted(self.masters_seen_by(n))) for n in self.running()}
+                return all("cluster_state:ok" in n.info("CLUSTER", "INFO")
+                           for n in self.running()) and len(views) == 1
+            except OSError:
+                return False
+        wait_for(ok, timeout, step=0.1)
+
+    def masters_seen_by(self, node):
+        """Ports of the masters holding slots, as node sees them."""
+        ports = []
+        for line in node.info("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                ports.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return ports
+
+    def masters(self):
+        return [self.node(p) for p in self.masters_seen_by(self.running()[0])]
+
+    def master_of(self, slot):
+        for line in self.running()[0].info("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue
+                start, _, end = part.partition("-")
+                if int(start) <= slot <= int(end or start):
+                    return self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return None
+
+    def section(self, **overrides):
+        first = self.nodes[0]
+        others = tuple(("127.0.0.1", n.port) for n in self.nodes[1:3])
+        return RedisSection(port=first.port, clustered=True, startup_nodes=others,
+                            **overrides)
+
+    def config_lines(self):
+        return (f"host : 127.0.0.1\nport : {self.nodes[0].port}\nclustered : true\n"
+                f"startup_nodes : " + ", ".join(f"127.0.0.1:{n.port}" for n in self.nodes[1:3])
+                + "\n")
+
+    def cleanup(self):
+        for node in self.nodes:
+            node.cleanup()
+
+
 _shared = None
+_shared_cluster = None
+
+
+def shared_cluster():
+    """One Redis Cluster for the whole test run (started on first use, in
+    about two seconds); tests use unique key prefixes."""
+    global _shared_cluster
+    if _shared_cluster is None:
+        _shared_cluster = RedisCluster().start()
+        atexit.register(_shared_cluster.cleanup)
+    return _shared_cluster
 
 
 def shared_redis():
@@ -243,11 +373,48 @@ class FakeClock:
         self.now += seconds
 
 
-async def make_queue(testcase, unix=False, expire_ms=1000):
-    """A Queue on the shared Redis, with its own key prefix and a fake clock."""
-    service = await connected_service(testcase, shared_redis().section(unix=unix))
+async def connected_cluster(testcase, section):
+    """A started ClusterService with its slot map and a live connection to
+    every master, stopped at cleanup."""
+    from sharqd.redis.cluster import ClusterService
+    service = ClusterService(section)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    await wait_until(lambda: service.masters() and
+                     all(p.live for p in service.pools.values()))
+    return service
+
+
+def cluster_subscription(testcase, prefix, listener):
+    """The ready subscription on the shared cluster, as tap.py makes it,
+    started on a replica: PUBLISH on a master reaches it through the
+    cluster bus."""
+    from sharqd.redis.cluster import ClusterService, ClusterSubscription
+    cluster = shared_cluster()
+    replica = next(n for n in cluster.running() if n not in cluster.masters())
+    seeds = ClusterService(RedisSection(port=replica.port, clustered=True))
+    return ClusterSubscription(seeds, ready_pattern(prefix),
+                               ready_listener(prefix, listener.notify), listener.subscribed)
+
+
+async def make_queue(testcase, unix=False, expire_ms=1000, cluster=False):
+    """A Queue on the shared Redis (or the shared cluster), with its own key
+    prefix and a fake clock."""
     clock = FakeClock()
+    if cluster:
+        service = await connected_cluster(testcase, shared_cluster().section())
+        return Queue(service.execute, unique_prefix(), expire_ms, clock=clock,
+                     masters=service.masters), clock
+    service = await connected_service(testcase, shared_redis().section(unix=unix))
     return Queue(service.execute, unique_prefix(), expire_ms, clock=clock), clock
+
+
+async def all_keys(queue, pattern="*"):
+    """KEYS of the queue's prefix on every master, sorted."""
+    keys = []
+    for execute in queue.masters():
+        keys += await execute(b"KEYS", f"{queue.prefix}:{pattern}")
+    return sorted(keys)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

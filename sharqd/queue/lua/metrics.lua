@@ -1,5 +1,8 @@
--- ARGV[5] "global" | "type" | "queue", [6] queue_id for "queue".
--- global: {types, minutes, enqueued, dequeued, dead}
+-- ARGV[5] "counts" | "idle" | "type" | "queue", [6] queue_id for "queue".
+-- counts: {number of queues, minutes, enqueued, dequeued, dead} of the type
+--         (GET /metrics/ adds up the types of the registry)
+-- idle:   1 when the type has no queue and no count in the last 11
+--         minutes (it may leave the registry), else 0
 -- type:   {queue ids}
 -- queue:  {pending length, minutes, enqueued, dequeued, dead}
 local function counts(prefix)
@@ -16,9 +19,15 @@ local function counts(prefix)
 end
 
 local scope = ARGV[5]
-if scope == 'global' then
-  local m, e, d, x = counts(GLOBAL .. ':stats:')
-  return {redis.call('SMEMBERS', K_TYPES), m, e, d, x}
+if scope == 'counts' then
+  local m, e, d, x = counts(BASE .. ':counts:')
+  return {redis.call('SCARD', K_QUEUES), m, e, d, x}
+elseif scope == 'idle' then
+  if redis.call('EXISTS', K_QUEUES) == 1 then return 0 end
+  for i = 0, 10 do
+    if redis.call('EXISTS', BASE .. ':counts:' .. (MINUTE - i * 60000)) == 1 then return 0 end
+  end
+  return 1
 elseif scope == 'type' then
   return redis.call('SMEMBERS', K_QUEUES)
 else
