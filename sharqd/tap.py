@@ -17,6 +17,7 @@ from sharqd.gunicorn_config import load as load_with_gunicorn
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
 from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
+from sharqd.redis.cluster import ClusterService, ClusterSubscription
 from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
@@ -103,6 +104,23 @@ def open_access_log(config):
     return path
 
 
+def make_queue(config, reactor):
+    """The Queue over one Redis or a Redis Cluster, and the service that
+    owns its connections.  Single Redis: execute goes straight to the
+    pool, as before."""
+    if config.redis.clustered:
+        redis = ClusterService(config.redis, reactor=reactor)
+        masters = redis.masters
+    else:
+        redis = RedisService(config.redis, reactor=reactor)
+        masters = None
+    durable = redis.execute_durable if config.redis.wait_replicas else None
+    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
+                  dead_letter_limit=config.sharq.dead_letter_limit, masters=masters,
+                  durable=durable)
+    return queue, redis
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -114,15 +132,15 @@ def makeService(options, reactor=None):
                          f"{listen_description(config.server)!r}: {e}")
 
     top = SharqService()
-    redis = RedisService(config.redis)
+    queue, redis = make_queue(config, reactor)
     redis.setServiceParent(top)
-    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
-                  dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     waiters = Waiters(queue, reactor)
     prefix = config.redis.key_prefix
-    Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
-                 waiters.subscribed, reactor=reactor).setServiceParent(top)
+    subscription = ClusterSubscription if config.redis.clustered else Subscription
+    subscription(redis if config.redis.clustered else config.redis, ready_pattern(prefix),
+                 ready_listener(prefix, waiters.notify), waiters.subscribed,
+                 reactor=reactor).setServiceParent(top)
 
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
     site = SharqSite(api.resource(), config.server.max_request_size,

@@ -141,6 +141,33 @@ def free_cluster_port():
             continue
 
 
+def resp_command(port, *args, timeout=10):
+    """One command to the Redis on port; its reply decoded (bytes, int,
+    list, None; an error reply as RuntimeError)."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.sendall(encode_command(args))
+        return _read_reply(s.makefile("rb"))
+
+
+def _read_reply(f):
+    line = f.readline()[:-2]
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = f.read(int(rest) + 2)
+        return data[:-2]
+    if kind == b"*":
+        return None if int(rest) < 0 else [_read_reply(f) for _ in range(int(rest))]
+    raise RuntimeError(f"unexpected reply {line!r}")
+
+
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
@@ -208,6 +235,30 @@ class RedisCluster:
                 if int(start) <= slot <= int(end or start):
                     return self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
         return None
+
+    def node_id(self, node):
+        return resp_command(node.port, "CLUSTER", "MYID").decode()
+
+    def move_slot(self, slot, target, step=10, pause=0.02):
+        """Migrate a slot to the master target as `redis-cli --cluster
+        reshard` does: IMPORTING/MIGRATING, MIGRATE step keys at a time
+        (pause s apart, so traffic runs meanwhile), then SETSLOT NODE."""
+        source = self.master_of(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        resp_command(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        resp_command(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while True:
+            keys = resp_command(source.port, "CLUSTER", "GETKEYSINSLOT", slot, step)
+            if not keys:
+                break
+            resp_command(source.port, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                         "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause)  # the migration's own pace, not a wait for a condition
+        for node in [target, source] + [m for m in self.masters() if m not in (source, target)]:
+            resp_command(node.port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return source, moved
 
     def section(self, **overrides):
         first = self.nodes[0]

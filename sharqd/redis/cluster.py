@@ -11,7 +11,10 @@ does not answer, CLUSTERDOWN), one refresh at a time.  Redirections:
 - MOVED: the slot is another node's now: noted at once, the command sent
   there, the whole map read again shortly after;
 - ASK: the slot is being migrated and this key has left: ASKING and the
-  command, once, on one connection of the named node;
+  command, once, on one connection of the named node.  Not for scripts
+  (EVAL, EVALSHA): a script may touch keys it does not declare, which may
+  be on either node until the migration ends, so a script waits as for
+  TRYAGAIN below until the slot has moved (then MOVED sends it on);
 - TRYAGAIN, CLUSTERDOWN, READONLY, MASTERDOWN: a failover or a migration is
   under way: tried again after 50, 100, 200... ms while the command's time
   ([redis] timeout) lasts, then RedisUnavailable (503);
@@ -40,7 +43,8 @@ from sharqd.redis.connection import KEEPALIVE_SECONDS, RedisRefused, RedisServic
 
 SLOTS = 16384
 REFRESH_SECONDS = 5.0
-MAX_REDIRECTS = 5
+RETRIES = 12  # of TRYAGAIN and the like, within [redis] timeout
+_SCRIPTS = (b"EVAL", b"EVALSHA")
 # errors that mean "the cluster is changing": retry after a short pause
 _RETRY = ("TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN", "LOADING")
 
@@ -300,7 +304,7 @@ class ClusterService(Service):
 
     def _redirect(self, failure, slot, command, tries, started, address, durable):
         error = failure.value
-        if tries >= MAX_REDIRECTS or \
+        if tries >= RETRIES or \
                 self.reactor.seconds() - started >= self.config.timeout:
             if str(error).startswith(("MOVED ", "ASK ")):
                 raise RedisUnavailable(f"Redis Cluster is moving slot {slot}: {error}; "
@@ -314,6 +318,8 @@ class ClusterService(Service):
                 self.slots[int(moved_slot)] = target
                 self.refresh_soon()
                 return self._send(slot, command, tries + 1, started, durable=durable)
+            if text.startswith("ASK ") and command[0] in _SCRIPTS:
+                return self._later(failure, slot, command, tries, started, durable)
             if text.startswith("ASK "):
                 target = _address(text.split()[2])
                 return self._send(slot, command, tries + 1, started, node=target,
@@ -321,14 +327,22 @@ class ClusterService(Service):
             return failure
         if isinstance(error, RedisRefused) and error.reply.startswith(_RETRY):
             self.refresh_soon()
-            delay = 0.05 * 2 ** tries
-            if self.reactor.seconds() + delay - started < self.config.timeout:
-                return deferLater(self.reactor, delay, self._send, slot, command,
-                                  tries + 1, started, None, False, durable)
-            return failure
+            return self._later(failure, slot, command, tries, started, durable)
         if isinstance(error, RedisUnavailable):
             self.refresh_soon()  # the node may be gone: a replica may take over
         return failure
+
+
+    def _later(self, failure, slot, command, tries, started, durable):
+        """Send again after 50, 100, 200... ms while the command's time
+        lasts; then RedisUnavailable."""
+        delay = min(0.05 * 2 ** tries, 0.4)
+        if self.reactor.seconds() + delay - started < self.config.timeout:
+            return deferLater(self.reactor, delay, self._send, slot, command,
+                              tries + 1, started, None, False, durable)
+        if isinstance(failure.value, RedisUnavailable):
+            return failure
+        raise RedisUnavailable(f"Redis Cluster is moving slot {slot}; try again shortly.")
 
 
 class _NodeEndpoint:
