@@ -47,5 +47,11 @@ class RedisUnavailable(SharqError):
     default_message = "Redis is not reachable; try again shortly."
 
 
+class ShuttingDown(SharqError):
+    status = 503
+    default_message = ("sharqd is shutting down; no job was handed out. "
+                       "Poll again in a moment.")
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; str() is the one line to print."""

@@ -14,6 +14,7 @@ from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.gunicorn_config import load as load_with_gunicorn
+from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
 from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
@@ -78,7 +79,8 @@ def config_args(options):
 
 class SharqService(MultiService):
     """Stops its children one by one, newest first: the HTTP side drains
-    before the requeue timer stops, and Redis closes last."""
+    before the requeue timer stops, and Redis closes last.  (A plain
+    MultiService stops them all at once.)"""
 
     def stopService(self):
         return Deferred.fromCoroutine(self._stop_in_order())
@@ -131,7 +133,13 @@ def makeService(options, reactor=None):
         raise SystemExit(f"sharqd: {config.source}: [sharq-server] listen = "
                          f"{listen_description(config.server)!r}: {e}")
 
+    # Stopped newest first, one after the other (SharqService), so that
+    # SIGTERM is clean: the front answers every client, then the
+    # notifications, the requeue timer and Redis stop, and SIGHUP is
+    # given back last.
     top = SharqService()
+    hangup = HangupService(reactor)
+    hangup.setServiceParent(top)
     queue, redis = make_queue(config, reactor)
     redis.setServiceParent(top)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
@@ -144,14 +152,22 @@ def makeService(options, reactor=None):
 
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
     site = SharqSite(api.resource(), config.server.max_request_size,
-                     logPath=open_access_log(config), reactor=reactor)
+                     access_log=open_access_log(config), reactor=reactor)
+    hangup.add(site.reopen_log)
+    # The front stops all at once, newest first: the long-poll waiters are
+    # answered (503) at once, the workers are told to stop, and the HTTP
+    # side stops listening and lets the requests in flight finish.
+    front = MultiService()
+    front.setServiceParent(top)
     where = listen_description(config.server)
     if options["adopt-fd"] is not None:
-        AdoptedPortService(options["adopt-fd"], site, reactor, where).setServiceParent(top)
-        return top
-    http = HTTPService(endpoint, site, reactor, description=where)
-    http.setServiceParent(top)
-    if config.server.workers > 1:
-        WorkerPool(config.server.workers, config_args(options), http,
-                   reactor).setServiceParent(top)
+        AdoptedPortService(options["adopt-fd"], site, reactor, where).setServiceParent(front)
+    else:
+        http = HTTPService(endpoint, site, reactor, description=where)
+        http.setServiceParent(front)
+        if config.server.workers > 1:
+            pool = WorkerPool(config.server.workers, config_args(options), http, reactor)
+            pool.setServiceParent(front)
+            hangup.add(pool.relay_hangup)
+    waiters.setServiceParent(front)
     return top

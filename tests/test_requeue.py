@@ -5,6 +5,7 @@ a real redis-server.
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import RedisUnavailable
@@ -23,7 +24,7 @@ class ScriptedQueue:
     async def registered_types(self):
         self.locks += 1
         if self.fail:
-            raise RedisUnavailable()
+            raise self.fail
         if self.stall is not None:
             await self.stall
         return []
@@ -51,13 +52,33 @@ class TimerTests(TestCase):
         self.assertEqual(self.queue.locks, 3)
 
     def test_failing_pass_is_logged_and_timer_goes_on(self):
-        """When a pass fails, the failure is logged and the next pass still runs."""
-        self.queue.fail = True
+        """When a pass fails with an unexpected error, the failure is logged
+        and the next pass still runs."""
+        self.queue.fail = ValueError("bug")
         self.clock.advance(0.5)
-        self.assertEqual(len(self.flushLoggedErrors(RedisUnavailable)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.queue.fail = False
         self.clock.advance(0.5)
         self.assertEqual(self.queue.locks, 2)
+
+    def test_redis_outage_is_one_line_down_and_one_back(self):
+        """When Redis is down for many passes, the log says so once, without
+        a traceback, and once more when passes work again."""
+        events = []
+        self.service.log = Logger(observer=events.append)
+        self.queue.fail = RedisUnavailable("Redis at x is not reachable")
+        for _ in range(10):
+            self.clock.advance(0.5)
+        self.assertEqual(self.queue.locks, 10)
+        self.queue.fail = False
+        for _ in range(3):
+            self.clock.advance(0.5)
+        lines = [(e["log_level"], formatEvent(e)) for e in events]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertEqual(lines[0][0], LogLevel.warn)
+        self.assertIn("Redis at x is not reachable", lines[0][1])
+        self.assertEqual(lines[1], (LogLevel.info, "Requeue passes work again"))
+        self.assertFalse(any("log_failure" in e for e in events))
 
     def test_slow_pass_is_not_overlapped(self):
         """When a pass is still running at the next tick, that tick is skipped."""

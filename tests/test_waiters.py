@@ -7,7 +7,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from sharqd.errors import RedisUnavailable
+from sharqd.errors import RedisUnavailable, ShuttingDown
 from sharqd.queue.waiters import Waiters
 
 
@@ -230,17 +230,29 @@ class WaitersTests(SynchronousTestCase):
         self.assertEqual(got, [[]])
 
     def test_stopping_answers_every_waiter(self):
-        """When sharqd stops, every waiter is answered at once (404), so the
-        HTTP side can drain."""
+        """When sharqd stops, every waiter is answered at once (503
+        ShuttingDown), so the HTTP side can drain; one whose dequeue is in
+        flight is answered when that returns."""
         self.waiters.startService()
         _, first = self.wait()
         _, second = self.wait(queue_type="email")
         self.queue.answer([], None)  # the first's; the second's is in flight
         self.waiters.stopService()
-        self.assertEqual((first, second), ([[]], []))
+        self.assertEqual(len(first), 1)
+        self.assertIsInstance(first[0].value, ShuttingDown)
+        self.assertEqual(second, [])
         self.queue.answer([], None)
-        self.assertEqual(second, [[]])
+        self.assertIsInstance(second[0].value, ShuttingDown)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopping_hands_out_jobs_taken_in_flight(self):
+        """When sharqd stops while a waiter's dequeue is in flight and that
+        dequeue takes a job, the waiter gets the job, not an error."""
+        self.waiters.startService()
+        _, got = self.wait()
+        self.waiters.stopService()
+        self.queue.answer(["job"], None)
+        self.assertEqual(got, [["job"]])
 
     def test_after_stopping_nobody_waits(self):
         """When sharqd is stopping, a new waiting request gets one plain

@@ -14,6 +14,8 @@ from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from sharqd.errors import RedisUnavailable
+
 BATCH = 100  # jobs per script call: keeps each Redis call to about 2 ms
 AT_ONCE = 16  # script calls of one pass in flight together
 
@@ -44,6 +46,7 @@ class RequeueService(Service):
         self.passes = 0
         self._loop = None
         self._running = None
+        self.failing = False  # passes fail: said once, quiet until one works
 
     def startService(self):
         super().startService()
@@ -72,7 +75,7 @@ class RequeueService(Service):
         if self._running is not None:
             return None
         self._running = Deferred.fromCoroutine(self.run_pass())
-        self._running.addErrback(self._failed)
+        self._running.addCallbacks(self._worked, self._failed)
         self._running.addBoth(self._done)
         # the LoopingCall must never see a failure: it would stop for good
         return None
@@ -81,11 +84,27 @@ class RequeueService(Service):
         self._running = None
         return result
 
+    def _worked(self, result):
+        if self.failing:
+            self.failing = False
+            self.log.info("Requeue passes work again")
+        return result
+
     def _failed(self, failure):
         if failure.check(FirstError):
             failure = failure.value.subFailure
-        self.log.failure("Requeue pass failed; retrying in {interval} s",
-                         failure, interval=self.interval)
+        # one line when passes start failing, not one per pass: a Redis
+        # outage would fill the log every interval
+        if self.failing:
+            return
+        self.failing = True
+        if failure.check(RedisUnavailable):
+            self.log.warn("Requeue pass failed: {error}; retrying every {interval} s "
+                          "until Redis is back", error=failure.getErrorMessage(),
+                          interval=self.interval)
+        else:
+            self.log.failure("Requeue pass failed; retrying every {interval} s",
+                             failure, interval=self.interval)
 
     async def _lock(self, queue_type):
         if await self.queue.lock(queue_type, self.token, self.lock_ttl_ms):

@@ -22,6 +22,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sharqd.errors import ShuttingDown
+
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
 MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
@@ -195,10 +197,14 @@ class Waiters(Service):
         del line.waiters[waiter]
         if waiter.timeout.active():
             waiter.timeout.cancel()
-        if not jobs and line.error is not None:
+        if jobs:
+            waiter.d.callback(jobs)
+        elif self.stopped:
+            waiter.d.errback(ShuttingDown())
+        elif line.error is not None:
             waiter.d.errback(line.error)
         else:
-            waiter.d.callback(jobs)
+            waiter.d.callback([])
 
     def _expire(self, line, waiter):
         if waiter.serving:
@@ -224,7 +230,9 @@ class Waiters(Service):
             del self._lines[line.queue_type]
 
     def stopService(self):
-        """Answer every waiter (404) so the HTTP side can drain at once."""
+        """Answer every waiter (503 ShuttingDown) so the HTTP side can drain
+        at once; a waiter whose dequeue is in flight gets its jobs, if any,
+        as soon as that returns."""
         super().stopService()
         self.stopped = True
         for line in list(self._lines.values()):

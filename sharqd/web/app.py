@@ -3,7 +3,9 @@ The HTTP API of the SharQ Server as a Klein app: parse, call the queue,
 answer JSON.  No Redis here.
 """
 
+import inspect
 import json
+import re
 
 from klein import Klein
 from twisted.internet.defer import ensureDeferred, fail
@@ -57,6 +59,14 @@ def _job(job, request, queue_type):
                   b'"current_queue_length": %d}' % (
                       job.queue_id.encode(), job.job_id.encode(), job.payload,
                       job.requeues_remaining, job.current_queue_length))
+
+
+def hot(handler):
+    """Mark a route as hot: served by _HotPath without Klein's routing.
+    Only for routes of one literal first segment followed by plain
+    `<name>` segments, whose handler returns a Deferred."""
+    handler.hot = True
+    return handler
 
 
 class Api:
@@ -113,10 +123,12 @@ class Api:
     def index(self, request):
         return answer(request, 200, {"message": "Hello, SharQ!"})
 
-    # enqueue, dequeue and finish are the hot path: they return Deferreds
-    # with plain callbacks rather than coroutines, which cost more
+    # enqueue, dequeue and finish are the hot path (@hot, see _HotPath):
+    # they return Deferreds with plain callbacks rather than coroutines,
+    # which cost more
 
     @app.route("/enqueue/<queue_type>/<queue_id>/", methods=["POST"])
+    @hot
     def enqueue(self, request, queue_type, queue_id):
         validation.identifiers(queue_type=queue_type, queue_id=queue_id)
         body = validation.json_body(request.content.read())
@@ -131,13 +143,17 @@ class Api:
         return self.dequeue(request, DEFAULT_TYPE)
 
     @app.route("/dequeue/<queue_type>/", methods=["GET"])
+    @hot
     def dequeue(self, request, queue_type):
+        if request.method == b"HEAD":  # werkzeug adds HEAD to every GET route
+            raise MethodNotAllowed(valid_methods=["GET"])
         validation.identifier("queue_type", queue_type)
         if request.args:  # ?wait= ?count= ?lease=: see dequeue_with_options
             return ensureDeferred(self.dequeue_with_options(request, queue_type))
         return self.queue.dequeue(queue_type).addCallback(_job, request, queue_type)
 
     @app.route("/finish/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
+    @hot
     def finish(self, request, queue_type, queue_id, job_id):
         validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
         d = self.queue.finish(queue_type, queue_id, job_id)
@@ -198,10 +214,8 @@ class Api:
         if wait is None:
             jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
         else:
-            waiting = self.waiters.wait(queue_type, count, lease, wait)
-            # the client hanging up ends the wait (Klein cancels too)
-            request.notifyFinish().addErrback(lambda _: waiting.cancel())
-            jobs = await waiting
+            # the client hanging up cancels this coroutine, and so the wait
+            jobs = await self.waiters.wait(queue_type, count, lease, wait)
         if not many or not jobs:  # the plain dequeue's answers
             return _job(jobs[0] if jobs else None, request, queue_type)
         return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
@@ -305,13 +319,49 @@ def _failure(error):
     return {**error.body(), "code": error.status}
 
 
+_PLAIN_VARIABLE = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def hot_routes(app):
+    """
+    The fast lookup of the hot routes, derived from the Klein app's route
+    table: (method, first segment, number of "/"-separated parts) ->
+    (endpoint, names of the path variables in order).  Raises ValueError
+    for a hot route of another shape, or one that shares its key with any
+    other route (werkzeug would have to choose between them).
+    """
+    routes, keys = {}, {}
+    for rule in app.url_map.iter_rules():
+        parts = rule.rule.split("/")
+        for method in rule.methods:
+            keys.setdefault((method.encode(), parts[1].encode(), len(parts)), []).append(rule)
+    for rule in app.url_map.iter_rules():
+        if not getattr(app.endpoints[rule.endpoint], "hot", False):
+            continue
+        parts = rule.rule.split("/")
+        variables = [_PLAIN_VARIABLE.fullmatch(p) for p in parts[2:-1]]
+        if parts[0] or parts[-1] or not parts[1] or not all(variables) \
+                or "<" in parts[1]:
+            raise ValueError(f"hot route {rule.rule} is not /literal/<name>/.../")
+        names = tuple(v.group(1) for v in variables)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            key = (method.encode(), parts[1].encode(), len(parts))
+            if len(keys[key]) > 1:
+                raise ValueError(f"hot route {rule.rule} ({method}) shares its "
+                                 f"shape with another route")
+            routes[key] = (rule.endpoint, names)
+    return routes
+
+
 class _HotPath(Resource):
     """
-    Serves enqueue, dequeue and finish without Klein's per-request routing:
-    werkzeug's rule matching and Klein's URL rebuilding cost about a third
-    of the CPU of these requests.  The handlers and the error mapping are
-    the Api's own; any request that is not a plain match (other routes,
-    methods, percent escapes, empty segments) goes to Klein unchanged.
+    Serves the routes marked @hot (enqueue, dequeue, finish) without
+    Klein's per-request routing: werkzeug's rule matching and Klein's URL
+    rebuilding cost about a third of the CPU of these requests.  The lookup
+    is built from the Klein app's own route table, and the handlers and the
+    error mapping are the Api's own; any request that is not a plain match
+    (other routes, methods, percent escapes, empty segments) goes to Klein
+    unchanged.
     """
 
     isLeaf = True
@@ -320,29 +370,51 @@ class _HotPath(Resource):
         super().__init__()
         self.api = api
         self.klein = klein_resource
-        # (method, first segment, number of "/"-separated parts) -> handler
-        self.routes = {(b"POST", b"enqueue", 5): api.enqueue,
-                       (b"GET", b"dequeue", 4): api.dequeue,
-                       (b"POST", b"finish", 6): api.finish}
+        bound = api.app  # the Klein app bound to this Api
+        self.routes = {key: _handler(api, bound, endpoint, names)
+                       for key, (endpoint, names) in hot_routes(bound).items()}
 
     def render(self, request):
         path = request.path
         parts = path.split(b"/")
         handler = self.routes.get((request.method, parts[1], len(parts)))
-        names = parts[2:-1]
-        if handler is None or parts[-1] or not all(names) or b"%" in path \
+        values = parts[2:-1]
+        if handler is None or parts[-1] or not all(values) or b"%" in path \
                 or not path.isascii():
             return self.klein.render(request)
         try:
-            d = handler(request, *[name.decode() for name in names])
+            d = handler(request, *[value.decode() for value in values])
         except Exception:
             d = fail()
-        d.addErrback(lambda failure: self.api.error(request, failure))
-        d.addCallback(_write, request)
+        finished = request.notifyFinish()
+        # the client hanging up cancels the work done for it, as Klein does
+        finished.addErrback(_cancel, d)
+        d.addCallbacks(_write, self._failed, (request, finished), None,
+                       (request, finished))
         return NOT_DONE_YET
 
+    def _failed(self, failure, request, finished):
+        if not finished.called:  # else the client is gone: nobody to tell
+            _write(self.api.error(request, failure), request, finished)
 
-def _write(body, request):
-    if not request._disconnected:  # the client may have hung up meanwhile
+
+def _handler(api, app, endpoint, names):
+    """The route function of a hot endpoint, bound to the Api, to be called
+    with the path variables in order (Klein's own call goes through two
+    wrappers and keyword arguments)."""
+    function = inspect.unwrap(app.endpoints[endpoint])  # as written in Api
+    parameters = tuple(inspect.signature(function).parameters)[2:]  # self, request
+    if parameters != names:
+        raise ValueError(f"hot route {endpoint}: its parameters {parameters} must "
+                         f"be the path variables {names}, in order")
+    return function.__get__(api)
+
+
+def _cancel(reason, d):
+    d.cancel()
+
+
+def _write(body, request, finished):
+    if not finished.called:
         request.write(body)
         request.finish()

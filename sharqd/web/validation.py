@@ -5,6 +5,7 @@ original SharQ Server's messages.
 
 import json
 import json.encoder
+import math
 import re
 
 from sharqd.errors import BadRequest
@@ -49,8 +50,20 @@ def _no_constants(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _OutOfRange(ValueError):
+    """A JSON number no double holds (1e400): it would come back as
+    Infinity, which is not JSON."""
+
+
+def _finite(text):
+    number = float(text)
+    if not math.isfinite(number):
+        raise _OutOfRange(text)
+    return number
+
+
 # one decoder for all requests: json.loads with options builds a new one
-_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+_DECODER = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite)
 
 
 def json_body(raw):
@@ -59,6 +72,9 @@ def json_body(raw):
         return {}
     try:
         body = _DECODER.decode(raw.decode("utf-8"))
+    except _OutOfRange as e:
+        raise BadRequest(f"The request body holds the number {str(e)[:40]}, "
+                         f"out of range of a double; send it as a string.")
     except (ValueError, RecursionError):
         raise BadRequest("The request body is not valid JSON.")
     if not isinstance(body, dict):
@@ -68,11 +84,12 @@ def json_body(raw):
 
 # One C encoder for every payload: json.dumps(..., separators=(",", ":"),
 # ensure_ascii=False) would build it anew per call (no circular check: a
-# parsed JSON value cannot be circular).
+# parsed JSON value cannot be circular; no NaN or Infinity: not JSON).
 _C_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
     None, json.JSONEncoder().default, json.encoder.encode_basestring, None,
-    ":", ",", False, False, True)
-_PY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    ":", ",", False, False, False)
+_PY_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                               allow_nan=False)
 
 
 def encode_payload(payload):
@@ -81,7 +98,8 @@ def encode_payload(payload):
         if _C_ENCODER is None:
             return _PY_ENCODER.encode(payload).encode()
         return "".join(_C_ENCODER(payload, 0)).encode()
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form
+    # a lone surrogate ("\ud800") has no UTF-8 form; NaN has no JSON form
+    except (UnicodeEncodeError, ValueError):
         raise invalid("payload")
 
 
@@ -125,9 +143,10 @@ MAX_COUNT = 100
 MAX_LEASE = 86_400_000
 MAX_BATCH = 1000
 MAX_PAGE = 1000
+# plain decimal numbers only: int() and float() would also take "1_0",
+# " 5", "1e1", "inf" and non-ASCII digits
 _DIGITS = re.compile(r"[0-9]{1,16}")
-
-
+_DECIMAL = re.compile(r"[0-9]{1,16}(\.[0-9]{0,16})?|\.[0-9]{1,16}")
 
 
 def query_arg(args, name):
@@ -146,11 +165,10 @@ def _whole(name, text, low, high):
 
 def wait_arg(text):
     """Seconds to wait: 0 < S <= 60, may be fractional."""
-    try:
-        seconds = float(text)
-    except (TypeError, ValueError):
+    if text is None or not _DECIMAL.fullmatch(text):
         raise invalid("wait")
-    if not 0 < seconds <= MAX_WAIT_SECONDS:  # NaN fails too
+    seconds = float(text)
+    if not 0 < seconds <= MAX_WAIT_SECONDS:
         raise invalid("wait")
     return seconds
 

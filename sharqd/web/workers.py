@@ -5,7 +5,6 @@ again; stopping the parent stops them all.
 """
 
 import os
-import signal
 import sys
 
 from twisted.application.service import Service
@@ -59,7 +58,6 @@ class WorkerPool(Service):
         super().startService()
         for number in range(2, self.count + 1):
             self.spawn(number)
-        signal.signal(signal.SIGHUP, self._hangup)
 
     def spawn(self, number):
         worker = _Worker(self, number)
@@ -92,11 +90,9 @@ class WorkerPool(Service):
             except Exception:
                 pass  # already gone
 
-    def _hangup(self, signum, frame):
-        # the workers reopen their own access logs; the parent's HTTP
-        # service reopens its own through its own handler
-        self.reactor.callFromThread(self._signal_all, "HUP")
-        self.reactor.callFromThread(self.http.site.reopen_log)
+    def relay_hangup(self):
+        """SIGHUP to every worker: each reopens its own access log."""
+        self._signal_all("HUP")
 
     async def _stop(self):
         self.stopping = True
