@@ -186,6 +186,10 @@ class RedisCluster:
     def start(self):
         for node in self.nodes:
             node.start()
+        if len(self.nodes) == 1:  # redis-cli creates clusters of 3 masters or more
+            resp_command(self.nodes[0].port, "CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            self.wait_ok()
+            return self
         subprocess.run([REDIS_CLI, "--cluster", "create",
                         *(f"127.0.0.1:{n.port}" for n in self.nodes),
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
