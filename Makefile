@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-instructions deb deb-check
+.PHONY: run test bench bench-extensions bench-instructions bench-cluster deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -22,6 +22,13 @@ bench-extensions:
 	./scripts/setup.sh
 	.venv/bin/python bench/longpoll.py
 	.venv/bin/python bench/batch_enqueue.py
+
+# sharqd on one Redis vs a Redis Cluster of 1 and 3 shards (60 queue
+# types), and the cost of [redis] wait_replicas; writes
+# bench/RESULTS-cluster.md (about 3 minutes).
+bench-cluster:
+	./scripts/setup.sh wrk
+	.venv/bin/python bench/cluster.py --twistd .venv/bin/twistd
 
 # Instructions per enqueue/dequeue/finish under callgrind: the same count
 # on a busy machine, for before/after comparisons of CPU per request.

@@ -209,8 +209,11 @@ class RedisCluster:
         def ok():
             try:
                 views = {tuple(sorted(self.masters_seen_by(n))) for n in self.running()}
+                synced = all("master_link_status:up" in n.info("INFO", "replication")
+                             for n in self.running()
+                             if "role:slave" in n.info("INFO", "replication"))
                 return all("cluster_state:ok" in n.info("CLUSTER", "INFO")
-                           for n in self.running()) and len(views) == 1
+                           for n in self.running()) and len(views) == 1 and synced
             except OSError:
                 return False
         wait_for(ok, timeout, step=0.1)

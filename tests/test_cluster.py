@@ -130,3 +130,31 @@ class OnTheCluster(TestCase):
         self.assertEqual(await self.q.ping(), b"PONG")
         self.assertEqual(len(self.q.masters()), 3)
         await wait_until(lambda: True)
+
+
+class SlotMapParsing(TestCase):
+
+    def test_shards_and_slots_give_the_same_map(self):
+        """When the map is read with CLUSTER SHARDS or CLUSTER SLOTS (Redis
+        before 7), the slot ranges and nodes are the same."""
+        from sharqd.redis.cluster import parse_shards, parse_slots
+        port = shared_cluster().nodes[0].port
+        shards = parse_shards(resp_command(port, "CLUSTER", "SHARDS"), "127.0.0.1")
+        slots = parse_slots(resp_command(port, "CLUSTER", "SLOTS"), "127.0.0.1")
+        def per_slot(ranges):
+            owner = {}
+            for (start, end), address in ranges.items():
+                owner.update((slot, address) for slot in range(start, end + 1))
+            return owner
+        self.assertEqual(per_slot(shards[0]), per_slot(slots[0]))
+        self.assertEqual(len(per_slot(shards[0])), 16384)
+        self.assertEqual(len(set(shards[0].values())), 3)
+        self.assertLessEqual(slots[1], shards[1])
+
+    def test_a_node_without_its_own_address_is_the_host_asked(self):
+        """When a node gives an empty host (a cluster of one), the map uses
+        the host the command went to."""
+        from sharqd.redis.cluster import parse_slots
+        reply = [[0, 16383, [b"", 7000, b"id"]]]
+        self.assertEqual(parse_slots(reply, "10.0.0.5"),
+                         ({(0, 16383): ("10.0.0.5", 7000)}, {("10.0.0.5", 7000)}))

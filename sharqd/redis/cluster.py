@@ -77,15 +77,24 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_shards(reply):
-    """CLUSTER SHARDS -> ({slot range: master address}, every node address)."""
+def _host(value, asked):
+    """A node's host as the map gives it; a node that does not know its
+    own address (a cluster of one, never MEET) gives "" or "?": then the
+    host that was asked."""
+    host = _text(value or "")
+    return asked if host in ("", "?") else host
+
+
+def parse_shards(reply, asked=""):
+    """CLUSTER SHARDS -> ({slot range: master address}, every node address);
+    asked is the host the command went to."""
     ranges, nodes = {}, set()
     for shard in reply:
         fields = dict(zip(map(_text, shard[::2]), shard[1::2]))
         master = None
         for node in fields["nodes"]:
             info = dict(zip(map(_text, node[::2]), node[1::2]))
-            address = (_text(info.get("ip") or info.get("endpoint")), int(info["port"]))
+            address = (_host(info.get("ip") or info.get("endpoint"), asked), int(info["port"]))
             nodes.add(address)
             if _text(info["role"]) == "master":
                 master = address
@@ -96,15 +105,15 @@ def parse_shards(reply):
     return ranges, nodes
 
 
-def parse_slots(reply):
+def parse_slots(reply, asked=""):
     """CLUSTER SLOTS -> as parse_shards."""
     ranges, nodes = {}, set()
     for entry in reply:
         start, end, master = int(entry[0]), int(entry[1]), entry[2]
-        address = (_text(master[0]), int(master[1]))
+        address = (_host(master[0], asked), int(master[1]))
         ranges[(start, end)] = address
         nodes.add(address)
-        nodes.update((_text(r[0]), int(r[1])) for r in entry[3:])
+        nodes.update((_host(r[0], asked), int(r[1])) for r in entry[3:])
     return ranges, nodes
 
 
@@ -131,6 +140,7 @@ class ClusterService(Service):
         self.slots = [None] * SLOTS  # slot -> master address
         self.pools = {}  # master address -> RedisService
         self.known = set(self.seeds)  # every node seen, for refreshes
+        self._slots_of = {}  # key -> slot, a cache
         self._refreshing = None
         self._soon = None
         self._mapped = []  # Deferreds waiting for the first map
@@ -209,7 +219,7 @@ class ClusterService(Service):
         for address in self._candidates():
             temporary = address not in self.pools
             try:
-                ranges, nodes = await self._read_map(self.pool(address))
+                ranges, nodes = await self._read_map(self.pool(address), address[0])
             except Exception:
                 ranges = None
             if ranges:
@@ -220,13 +230,13 @@ class ClusterService(Service):
                 return
         raise RedisUnavailable("no node answered")
 
-    async def _read_map(self, pool):
+    async def _read_map(self, pool, host):
         try:
-            return parse_shards(await pool.execute(b"CLUSTER", b"SHARDS"))
+            return parse_shards(await pool.execute(b"CLUSTER", b"SHARDS"), host)
         except txredisapi.ResponseError as e:
             if "unknown subcommand" not in str(e).lower():
                 raise
-        return parse_slots(await pool.execute(b"CLUSTER", b"SLOTS"))
+        return parse_slots(await pool.execute(b"CLUSTER", b"SLOTS"), host)
 
     def _install(self, ranges, nodes):
         slots = [None] * SLOTS
@@ -256,15 +266,33 @@ class ClusterService(Service):
     # ---- commands
 
     def execute(self, *command):
-        key = command_key(command)
-        slot = None if key is None else key_slot(key)
-        return self._send(slot, command, 0, self.reactor.seconds())
+        # the hot path: the slot of a key from a cache (the queue's keys
+        # are one per type), then straight onto the master's pool
+        slot = self._slot(command)
+        address = self.slots[slot] if slot is not None else None
+        pool = self.pools.get(address)
+        if pool is None:
+            return self._send(slot, command, 0, None)
+        return pool.execute(*command).addErrback(
+            self._redirect, slot, command, 0, None, address, False)
+
+    def _slot(self, command):
+        if command[0] == b"EVALSHA" and command[2]:
+            key = command[3]
+        else:
+            key = command_key(command)
+            if key is None:
+                return None
+        slot = self._slots_of.get(key)
+        if slot is None:
+            if len(self._slots_of) >= 10000:
+                self._slots_of.clear()
+            slot = self._slots_of[key] = key_slot(key)
+        return slot
 
     def execute_durable(self, *command):
         """execute, then WAIT for [redis] wait_replicas (see RedisService)."""
-        key = command_key(command)
-        slot = None if key is None else key_slot(key)
-        return self._send(slot, command, 0, self.reactor.seconds(), durable=True)
+        return self._send(self._slot(command), command, 0, None, durable=True)
 
     def _owner(self, slot):
         if slot is None:
@@ -304,6 +332,9 @@ class ClusterService(Service):
 
     def _redirect(self, failure, slot, command, tries, started, address, durable):
         error = failure.value
+        if started is None:  # the first failure: the command's time starts
+            # (its wait for this answer is bounded by the pool's watchdog)
+            started = self.reactor.seconds()
         if tries >= RETRIES or \
                 self.reactor.seconds() - started >= self.config.timeout:
             if str(error).startswith(("MOVED ", "ASK ")):
