@@ -13,6 +13,8 @@ import tempfile
 import threading
 import uuid
 
+import pytest
+
 from support import ROOT, Sharqd, shared_redis, wait_for  # noqa: F401 (re-exported)
 
 CLIENT_ROOT = os.path.join(ROOT, "clients", "python")
@@ -77,3 +79,18 @@ class ScriptedServer:
 def stop_quietly(server):
     if server is not None:
         server.stop(signal.SIGKILL)
+
+
+# the fixtures every client-side test module imports
+@pytest.fixture(scope="module")
+def server():
+    server = start_sharqd()
+    yield server
+    stop_quietly(server)
+
+
+@pytest.fixture
+def client(server):
+    from sharqd_client import Client
+    with Client(url_of(server)) as client:
+        yield client

@@ -7,3 +7,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # `support`
 sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "clients", "python"),
                 HERE]
+
+# the `server` (a sharqd of its own per module) and `client` fixtures of the
+# client, worker, sharqctl and import tests
+pytest_plugins = ["client_support"]

@@ -20,19 +20,6 @@ from support import RedisServer, free_port
 # every test here starts sharqd processes
 pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
-def server():
-    server = start_sharqd()
-    yield server
-    stop_quietly(server)
-
-
-@pytest.fixture
-def client(server):
-    with Client(url_of(server)) as client:
-        yield client
-
-
 def test_round_trip(client):
     """When a job is enqueued, dequeued and finished, the job comes back with
     its payload and finishing it twice raises NotFound with the server's

@@ -30,19 +30,6 @@ sharq = pytest.importorskip("sharq", reason="the original SharQ library (require
 # every test here starts sharqd processes
 pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
-def server():
-    server = start_sharqd()
-    yield server
-    stop_quietly(server)
-
-
-@pytest.fixture
-def client(server):
-    with Client(url_of(server)) as client:
-        yield client
-
-
 class Original:
     """The original SharQ library on the shared redis-server, under a key
     prefix of its own."""

@@ -14,27 +14,13 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from client_support import start_sharqd, stop_quietly, unique_type, url_of, wait_for
-from sharqd_client import Client
+from client_support import unique_type, url_of, wait_for
 from sharqd_client.cli import main
 from support import free_port
 
 
 # every test here starts sharqd processes
 pytestmark = pytest.mark.slow
-
-@pytest.fixture(scope="module")
-def server():
-    server = start_sharqd()
-    yield server
-    stop_quietly(server)
-
-
-@pytest.fixture
-def client(server):
-    with Client(url_of(server)) as client:
-        yield client
-
 
 @pytest.fixture
 def ctl(server):

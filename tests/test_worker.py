@@ -28,19 +28,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # every test here starts sharqd processes
 pytestmark = pytest.mark.slow
 
-@pytest.fixture(scope="module")
-def server():
-    server = start_sharqd()
-    yield server
-    stop_quietly(server)
-
-
-@pytest.fixture
-def client(server):
-    with Client(url_of(server)) as client:
-        yield client
-
-
 @pytest.fixture
 def run_worker():
     """Start Workers in background threads; stopped at the end of the test."""
