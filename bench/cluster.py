@@ -103,7 +103,8 @@ def run(mode, nodes, redis_lines, twistd, tmp, duration, workloads, flush):
             if workload != "enqueue":
                 prefill(server, f"p{workload[:3]}")
             before = (cpu_s(server.proc.pid), [cpu_s(n.process.pid) for n in nodes])
-            w = wrk(server.url, workload, duration, f"{mode[:2]}{workload[:3]}")
+            tag = "".join(c for c in mode if c.isalnum())[-6:] + workload[:3]
+            w = wrk(server.url, workload, duration, tag)
             after = (cpu_s(server.proc.pid), [cpu_s(n.process.pid) for n in nodes])
         finally:
             server.stop()
@@ -177,6 +178,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS-cluster.md"))
     args = ap.parse_args()
+    args.twistd = os.path.abspath(args.twistd)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: ./scripts/setup.sh wrk")
     tmp = tempfile.mkdtemp(prefix="sharqd-bench-cluster-")

@@ -6,15 +6,16 @@ on the cluster in test_queue.py and test_extensions.py (cluster = True).
 """
 
 import json
+import time
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from sharqd.errors import RedisUnavailable
-from sharqd.queue.operations import Queue
+from sharqd.errors import Conflict, RedisUnavailable
+from sharqd.queue.operations import BatchJob, Queue
 from sharqd.redis.cluster import command_key, key_slot
-from support import (FakeClock, connected_cluster, resp_command, shared_cluster,
-                     unique_prefix, wait_until)
+from support import (FakeClock, connected_cluster, connected_service, resp_command,
+                     shared_cluster, shared_redis, unique_prefix, wait_until)
 
 
 class Routing(TestCase):
@@ -122,8 +123,8 @@ class OnTheCluster(TestCase):
         self.assertEqual(self.service.slots[slot], ("127.0.0.1", target.port))
         self.assertEqual(resp_command(source.port, "CLUSTER", "COUNTKEYSINSLOT", slot), 0)
         self.assertGreater(resp_command(target.port, "CLUSTER", "COUNTKEYSINSLOT", slot), 0)
-        print(f"\nmigrated {moved} keys; {len(acked)} jobs acknowledged during the "
-              f"migration, all delivered; {unavailable[0]} answers were 503")
+        print(f"\nmigrated {moved} keys; {len(acked)} jobs acknowledged before, during "
+              f"and after the migration, all delivered; {unavailable[0]} answers were 503")
 
     async def test_ping_asks_every_master(self):
         """When every master answers, ping answers PONG."""
@@ -158,3 +159,67 @@ class SlotMapParsing(TestCase):
         reply = [[0, 16383, [b"", 7000, b"id"]]]
         self.assertEqual(parse_slots(reply, "10.0.0.5"),
                          ({(0, 16383): ("10.0.0.5", 7000)}, {("10.0.0.5", 7000)}))
+
+
+class Durability(TestCase):
+    """[redis] wait_replicas: WAIT after enqueues and finishes."""
+
+    async def test_no_replica_in_time_answers_503_and_keeps_the_job(self):
+        """When no replica confirms within wait_timeout (a Redis without
+        replicas), the enqueue raises RedisUnavailable saying so, again when
+        retried while no replica has it; the job is stored on the master."""
+        section = shared_redis().section(wait_replicas=1, wait_timeout=50)
+        service = await connected_service(self, section)
+        q = Queue(service.execute, unique_prefix(), durable=service.execute_durable)
+        with self.assertRaises(RedisUnavailable) as caught:
+            await q.enqueue("sms", "q1", "a", 0, b"{}", -1)
+        self.assertIn("only 0 of 1 replicas confirmed it within 50 ms", caught.exception.message)
+        with self.assertRaises(RedisUnavailable):
+            await q.enqueue("sms", "q1", "a", 0, b"{}", -1)
+        plain = Queue(service.execute, q.prefix)
+        with self.assertRaises(Conflict):
+            await plain.enqueue("sms", "q1", "a", 0, b"{}", -1)
+        self.assertEqual((await plain.dequeue("sms")).job_id, "a")
+
+    async def test_replica_confirms_on_the_cluster(self):
+        """When every master has a replica, enqueue and finish with
+        wait_replicas = 1 answer as usual."""
+        service = await connected_cluster(
+            self, shared_cluster().section(wait_replicas=1, wait_timeout=2000))
+        q = Queue(service.execute, unique_prefix(), masters=service.masters,
+                  durable=service.execute_durable)
+        for t in ("sms", "email", "push"):
+            self.assertEqual(await q.enqueue(t, "q1", "a", 0, b"{}", -1), 1)
+            job = await q.dequeue(t)
+            await q.finish(t, "q1", job.job_id)
+        results = await q.enqueue_many("sms", [BatchJob("q1", "b", 0, b"{}", -1)])
+        self.assertEqual(results, [1])
+
+
+class SlowNode(TestCase):
+
+    async def test_a_hung_master_answers_503_in_bounded_time_others_serve(self):
+        """When one master stops answering (SIGSTOP, shorter than the
+        cluster's node timeout), its types answer RedisUnavailable within
+        [redis] timeout + 1 s, while types of the other masters are served."""
+        cluster = shared_cluster()
+        service = await connected_cluster(self, cluster.section(timeout=0.5))
+        q = Queue(service.execute, unique_prefix(), masters=service.masters)
+        hung = cluster.master_of(key_slot(f"{q.prefix}:{{sms}}"))
+        other = next(t for t in (f"t{i}" for i in range(100))
+                     if cluster.master_of(key_slot(f"{q.prefix}:{{{t}}}")) is not hung)
+        await q.enqueue("sms", "q1", "warm", 0, b"{}", -1)  # registered, scripts loaded
+        await q.enqueue(other, "q1", "warm", 0, b"{}", -1)
+        hung.pause()
+        try:
+            started = time.monotonic()
+            with self.assertRaises(RedisUnavailable):
+                await q.enqueue("sms", "q1", "a", 0, b"{}", -1)
+            self.assertLess(time.monotonic() - started, 1.5)
+            self.assertEqual(await q.enqueue(other, "q1", "b", 0, b"{}", -1), 2)
+        finally:
+            hung.resume()
+        await wait_until(lambda: all(p.live for p in service.pools.values()))
+        # served again; "a" may be stored or not: its command reached the
+        # hung Redis, which ran it when it woke (a 503 says "not known")
+        self.assertIn(await q.enqueue("sms", "q1", "c", 0, b"{}", -1), (2, 3))

@@ -360,8 +360,8 @@ class RedisService(_Connections):
                     f"Redis at {self.describe()} did the change but only {replicas} of "
                     f"{self.config.wait_replicas} replicas confirmed it within "
                     f"{self.config.wait_timeout} ms; it may be lost if this Redis "
-                    f"fails now. Retrying is safe: an enqueue already kept "
-                    f"answers 409, a finish already done answers 404.")
+                    f"fails now. Retrying is safe: once a replica has it, an enqueue "
+                    f"already kept answers 409, a finish already done 404.")
             return reply
         return acked.addCallback(check)
 
