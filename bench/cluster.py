@@ -177,6 +177,8 @@ def main():
     ap.add_argument("--twistd", default=os.path.join(ROOT, ".venv", "bin", "twistd"))
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS-cluster.md"))
+    ap.add_argument("--setups", default="single,1,3,wait",
+                    help="which of: single (one Redis), 1 and 3 (shards), wait")
     args = ap.parse_args()
     args.twistd = os.path.abspath(args.twistd)
     if not shutil.which("wrk"):
@@ -185,13 +187,17 @@ def main():
     load = busy_before()
     workloads = ["enqueue", "dequeue", "dequeue_finish"]
     rows = []
-    single = RedisServer().start()
-    try:
-        rows += run("one Redis", [single], f"port : {single.port}\n", args.twistd, tmp,
-                    args.duration, workloads, flusher([single]))
-    finally:
-        single.cleanup()
+    setups = args.setups.split(",")
+    if "single" in setups:
+        single = RedisServer().start()
+        try:
+            rows += run("one Redis", [single], f"port : {single.port}\n", args.twistd, tmp,
+                        args.duration, workloads, flusher([single]))
+        finally:
+            single.cleanup()
     for masters in (1, 3):
+        if str(masters) not in setups:
+            continue
         cluster = RedisCluster(masters=masters, replicas=0).start()
         try:
             masters_now = cluster.masters()
@@ -200,16 +206,17 @@ def main():
                         workloads, flusher(masters_now))
         finally:
             cluster.cleanup()
-    cluster = RedisCluster(masters=3, replicas=1).start()
+    cluster = RedisCluster(masters=3, replicas=1).start() if "wait" in setups else None
     try:
-        masters_now = cluster.masters()
-        for replicas in (0, 1):
+        masters_now = cluster.masters() if cluster else []
+        for replicas in (0, 1) if cluster else ():
             rows += run(f"3 shards + replicas, wait_replicas {replicas}", masters_now,
                         cluster.config_lines() + f"wait_replicas : {replicas}\n"
                         "wait_timeout : 100\n", args.twistd, tmp, args.duration,
                         ["enqueue"], flusher(cluster.nodes))
     finally:
-        cluster.cleanup()
+        if cluster:
+            cluster.cleanup()
     report(rows, args.out, args.duration, load)
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {args.out}")

@@ -146,23 +146,18 @@ class Queue:
         return self.clock() if self.clock is not None else time.time()
 
     def _register(self, queue_type):
-        """None when this process registered the type lately, else a
-        Deferred that fires once it is in the registry."""
+        """A Deferred that fires once the type is in the registry."""
         now = self._wall()
-        last = self._registered.get(queue_type)
-        if last is not None and now - last < REGISTER_EVERY:
-            return None
         d = self.execute(b"ZADD", self.registry, int(now), queue_type)
         return d.addCallback(self._registered_at, queue_type, now)
 
     def _registered_at(self, _, queue_type, now):
         self._registered[queue_type] = now
 
-    def _registered_first(self, queue_type, call, *args):
-        d = self._register(queue_type)
-        if d is None:
-            return call(*args)
-        return d.addCallback(lambda _: call(*args))
+    async def _ensure_registered(self, queue_type):
+        last = self._registered.get(queue_type)
+        if last is None or self._wall() - last >= REGISTER_EVERY:
+            await self._register(queue_type)
 
     # enqueue, dequeue and finish are the hot path: plain Deferred callbacks,
     # which cost less than coroutines
@@ -171,8 +166,13 @@ class Queue:
                 requeue_limit, max_queued_length=None):
         """Store a job; Deferred of the queue's pending length after it."""
         limit = b"" if max_queued_length is None else max_queued_length
-        return self._registered_first(queue_type, self._enqueue, queue_type, queue_id,
-                                      job_id, interval, payload, requeue_limit, limit)
+        args = (queue_type, queue_id, job_id, interval, payload, requeue_limit, limit)
+        # registered lately by this process (the common case): straight on
+        last = self._registered.get(queue_type)
+        if last is not None and \
+                (time.time() if self.clock is None else self.clock()) - last < REGISTER_EVERY:
+            return self._enqueue(*args)
+        return self._register(queue_type).addCallback(lambda _: self._enqueue(*args))
 
     def _enqueue(self, queue_type, queue_id, job_id, interval, payload, requeue_limit,
                  limit):
@@ -281,9 +281,7 @@ class Queue:
             f"{job.queue_id} {job.job_id} {job.interval} {job.requeue_limit} "
             f"{'-' if job.max_queued_length is None else job.max_queued_length} "
             for job in jobs)
-        d = self._register(queue_type)
-        if d is not None:
-            await d
+        await self._ensure_registered(queue_type)
         reply = await self._run("enqueuebatch", queue_type, fields,
                                 *(job.payload for job in jobs), execute=self.durable)
         results = []
@@ -336,9 +334,7 @@ class Queue:
 
     async def retry_dead_letter(self, queue_type, queue_id, job_id):
         """Put a dead letter back into its queue; returns the pending length."""
-        d = self._register(queue_type)
-        if d is not None:
-            await d
+        await self._ensure_registered(queue_type)
         reply = await self._run("deadletters", queue_type, b"retry", queue_id, job_id)
         if reply[0] == 404:
             raise _not_dead(queue_type, queue_id, job_id)

@@ -141,6 +141,7 @@ class ClusterService(Service):
         self.pools = {}  # master address -> RedisService
         self.known = set(self.seeds)  # every node seen, for refreshes
         self._slots_of = {}  # key -> slot, a cache
+        self._ranges = None  # the map as last read: {(start, end): address}
         self._refreshing = None
         self._soon = None
         self._mapped = []  # Deferreds waiting for the first map
@@ -239,6 +240,10 @@ class ClusterService(Service):
         return parse_slots(await pool.execute(b"CLUSTER", b"SLOTS"), host)
 
     def _install(self, ranges, nodes):
+        if ranges == self._ranges and nodes <= self.known:
+            self._wake_mapped()
+            return  # the usual periodic read: nothing changed
+        self._ranges = ranges
         slots = [None] * SLOTS
         for (start, end), address in ranges.items():
             slots[start:end + 1] = [address] * (end - start + 1)
@@ -253,6 +258,9 @@ class ClusterService(Service):
         for address in list(self.pools):
             if address not in masters:
                 self._drop_if_unused(address)
+        self._wake_mapped()
+
+    def _wake_mapped(self):
         waiting, self._mapped = self._mapped, []
         for d in waiting:
             d.callback(None)
@@ -347,6 +355,7 @@ class ClusterService(Service):
                 _, moved_slot, where = text.split()
                 target = _address(where)
                 self.slots[int(moved_slot)] = target
+                self._ranges = None  # the next read installs the whole map
                 self.refresh_soon()
                 return self._send(slot, command, tries + 1, started, durable=durable)
             if text.startswith("ASK ") and command[0] in _SCRIPTS:
