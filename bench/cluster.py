@@ -94,7 +94,27 @@ def wrk(url, workload, duration, tag):
     return result
 
 
-def run(mode, nodes, redis_lines, twistd, tmp, duration, workloads, flush):
+def sequential_latency(server, n=2000):
+    """p50 and p99 ms of n enqueues one after the other on one keep-alive
+    connection: the latency a lone producer sees."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    took = []
+    for i in range(n):
+        body = json.dumps({"job_id": f"seq{i}", "interval": 0, "payload": {"n": i}})
+        started = time.perf_counter()
+        conn.request("POST", f"/enqueue/t{i % TYPES}/t{i % TYPES}-q{i % QUEUES}/", body)
+        response = conn.getresponse()
+        response.read()
+        took.append(time.perf_counter() - started)
+        assert response.status == 201, response.status
+    conn.close()
+    took.sort()
+    return took[n // 2] * 1000, took[int(n * 0.99)] * 1000
+
+
+def run(mode, nodes, redis_lines, twistd, tmp, duration, workloads, flush,
+        sequential=False):
     rows = []
     for workload in workloads:
         flush()
@@ -102,6 +122,7 @@ def run(mode, nodes, redis_lines, twistd, tmp, duration, workloads, flush):
         try:
             if workload != "enqueue":
                 prefill(server, f"p{workload[:3]}")
+            seq = sequential_latency(server) if sequential else None
             before = (cpu_s(server.proc.pid), [cpu_s(n.process.pid) for n in nodes])
             tag = "".join(c for c in mode if c.isalnum())[-6:] + workload[:3]
             w = wrk(server.url, workload, duration, tag)
@@ -118,6 +139,7 @@ def run(mode, nodes, redis_lines, twistd, tmp, duration, workloads, flush):
             "sharqd_us": (after[0] - before[0]) * 1e6 / requests,
             "redis_us": redis_us,
             "finished_ps": w["finished"] / seconds, "wrk_stderr": w["stderr"],
+            "sequential": seq,
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -163,6 +185,13 @@ def report(rows, path, duration, load):
         lines.append(f"| {r['mode']} | {r['workload']} | {r['rps']:,.0f} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['errors']} | {r['sharqd_us']:.0f} | {per_node} | "
                      f"{sum(r['redis_us']):.0f} |")
+    seq = [r for r in rows if r.get("sequential")]
+    if seq:
+        lines += ["", "Enqueue latency of a lone producer (2,000 enqueues one after the "
+                  "other on one keep-alive connection, before the wrk run):", "",
+                  "| setup | p50 ms | p99 ms |", "|---|---:|---:|"]
+        lines += [f"| {r['mode']} | {r['sequential'][0]:.2f} | {r['sequential'][1]:.2f} |"
+                  for r in seq]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -213,7 +242,7 @@ def main():
             rows += run(f"3 shards + replicas, wait_replicas {replicas}", masters_now,
                         cluster.config_lines() + f"wait_replicas : {replicas}\n"
                         "wait_timeout : 100\n", args.twistd, tmp, args.duration,
-                        ["enqueue"], flusher(cluster.nodes))
+                        ["enqueue"], flusher(cluster.nodes), sequential=True)
     finally:
         if cluster:
             cluster.cleanup()
