@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-instructions bench-cluster deb deb-check
+.PHONY: run test bench bench-extensions bench-observability bench-instructions bench-policy bench-cluster deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -30,11 +30,26 @@ bench-cluster:
 	./scripts/setup.sh wrk
 	.venv/bin/python bench/cluster.py --twistd .venv/bin/twistd
 
+# Redis time per dequeue with 1, 1,000 and 100,000 queues, half of them
+# paused or at their max_active cap (bench/policy_scale.py); a few minutes.
+# `make bench-policy POLICY_ARGS="--baseline main"` adds main's scripts.
+POLICY_ARGS ?=
+bench-policy:
+	./scripts/setup.sh
+	.venv/bin/python bench/policy_scale.py $(POLICY_ARGS)
+
 # Instructions per enqueue/dequeue/finish under callgrind: the same count
 # on a busy machine, for before/after comparisons of CPU per request.
 bench-instructions:
 	./scripts/setup.sh valgrind
 	.venv/bin/python bench/instructions.py --twistd .venv/bin/twistd
+
+# The cost of a /prometheus scrape (1,000 types, 100,000 queues) and the
+# Redis time per enqueue/dequeue/finish; see bench/RESULTS-observability.md.
+bench-observability:
+	./scripts/setup.sh
+	.venv/bin/python bench/scrape.py
+	.venv/bin/python bench/script_cost.py
 
 # Debian packaging (see README, "Install on Debian").
 

@@ -32,6 +32,7 @@ class ServerSection:
     accesslog: str = ""
     max_request_size: int = 1048576
     listen: str = ""
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ _SERVER_KEYS = {
     "accesslog": _text,
     "max_request_size": _int_between(1, 2**31),
     "listen": _text,
+    "log_format": _one_of("text", "json"),
 }
 _REDIS_KEYS = {
     "db": _int_between(0, 1000000),

@@ -29,6 +29,14 @@ class NotFound(SharqError):
     default_message = "Not found."
 
 
+class TypePaused(NotFound):
+    """A dequeue of a queue type that is paused (POST /pause/<type>/)."""
+
+    def __init__(self, queue_type):
+        super().__init__(f"Queue type `{queue_type}` is paused: nothing is handed out "
+                         f"until POST /resume/{queue_type}/.")
+
+
 class Conflict(SharqError):
     status = 409
 

@@ -3,17 +3,19 @@ Composition root: the twistd options and the service tree of one sharqd.
 """
 
 import os
+import tempfile
 
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from sharqd import __version__
 from sharqd.config import Config
 from sharqd.errors import ConfigError
 from sharqd.gunicorn_config import load as load_with_gunicorn
+from sharqd.logs import json_observer
 from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite
 from sharqd.queue.channels import ready_listener, ready_pattern
@@ -23,6 +25,7 @@ from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
+from sharqd.web.prometheus import Exposition, MetricsSocketService, ProcessMetrics
 from sharqd.web.workers import WorkerPool
 
 log = Logger()
@@ -38,6 +41,9 @@ class Options(usage.Options):
          "workers and accesslog apply where the SharQ config does not set them."],
         # internal: a worker process serves on its parent's listening socket
         ["adopt-fd", None, None, None, int],
+        # internal: a worker's number, and where the workers' metrics sockets are
+        ["worker", None, 1, None, int],
+        ["metrics-dir", None, None, None],
     ]
 
     def opt_version(self):
@@ -81,6 +87,15 @@ class SharqService(MultiService):
     """Stops its children one by one, newest first: the HTTP side drains
     before the requeue timer stops, and Redis closes last.  (A plain
     MultiService stops them all at once.)"""
+
+    log_observer = None  # the JSON log observer, with log_format = json
+
+    def setServiceParent(self, parent):
+        # twistd's application: its ILogObserver component, when set,
+        # replaces the text log twistd would start
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
 
     def stopService(self):
         return Deferred.fromCoroutine(self._stop_in_order())
@@ -138,6 +153,8 @@ def makeService(options, reactor=None):
     # notifications, the requeue timer and Redis stop, and SIGHUP is
     # given back last.
     top = SharqService()
+    if config.server.log_format == "json":
+        top.log_observer = json_observer(getattr(options, "parent", None) or {})
     hangup = HangupService(reactor)
     hangup.setServiceParent(top)
     queue, redis = make_queue(config, reactor)
@@ -150,9 +167,21 @@ def makeService(options, reactor=None):
                  ready_listener(prefix, waiters.notify), waiters.subscribed,
                  reactor=reactor).setServiceParent(top)
 
-    api = Api(queue, config.sharq.default_job_requeue_limit, waiters)
+    metrics = ProcessMetrics(waiters.waiting)
+    redis.on_error = metrics.redis_error
+    folder = options["metrics-dir"]
+    if folder is None and config.server.workers > 1 and options["adopt-fd"] is None:
+        folder = tempfile.mkdtemp(prefix="sharqd-metrics-")
+    if folder is not None:
+        MetricsSocketService(folder, options["worker"], metrics, reactor,
+                             own_folder=options["metrics-dir"] is None).setServiceParent(top)
+    exposition = Exposition(metrics, reactor, folder, options["worker"])
+    api = Api(queue, config.sharq.default_job_requeue_limit, waiters, exposition,
+              workers=config.server.workers, redis_address=redis.describe())
     site = SharqSite(api.resource(), config.server.max_request_size,
-                     access_log=open_access_log(config), reactor=reactor)
+                     access_log=open_access_log(config), reactor=reactor,
+                     observe=lambda request, seconds: metrics.observe(
+                         api.route_of(request), request.code, seconds))
     hangup.add(site.reopen_log)
     # The front stops all at once, newest first: the long-poll waiters are
     # answered (503) at once, the workers are told to stop, and the HTTP
@@ -166,7 +195,8 @@ def makeService(options, reactor=None):
         http = HTTPService(endpoint, site, reactor, description=where)
         http.setServiceParent(front)
         if config.server.workers > 1:
-            pool = WorkerPool(config.server.workers, config_args(options), http, reactor)
+            pool = WorkerPool(config.server.workers, config_args(options), http, reactor,
+                              metrics_dir=folder)
             pool.setServiceParent(front)
             hangup.add(pool.relay_hangup)
     waiters.setServiceParent(front)

@@ -81,7 +81,8 @@ class ApiExtensions(TestCase):
         leased = await self.call("GET", "/dequeue/sms/?lease=5000&wait=1")
         self.assertEqual(plain, (200, {"status": "success", "queue_id": "q1", "job_id": "a",
                                        "payload": {"j": "a"}, "requeues_remaining": -1,
-                                       "current_queue_length": 1}))
+                                       "current_queue_length": 1,
+                                       "lease_id": plain[1]["lease_id"]}))
         self.assertEqual(leased[1]["job_id"], "b")
         self.assertEqual(set(leased[1]), set(plain[1]))
 
@@ -92,7 +93,8 @@ class ApiExtensions(TestCase):
         status, body = await self.call("GET", "/dequeue/sms/?foo=bar")
         self.assertEqual((status, body), (200, {
             "status": "success", "queue_id": "q1", "job_id": "a", "payload": {"j": "a"},
-            "requeues_remaining": -1, "current_queue_length": 0}))
+            "requeues_remaining": -1, "current_queue_length": 0,
+            "lease_id": body["lease_id"]}))
         status, body = await self.call("GET", "/dequeue/sms/?foo=bar")
         self.assertEqual((status, body["status"]), (404, "failure"))
 
@@ -101,9 +103,12 @@ class ApiExtensions(TestCase):
         for job_id in ("a", "b", "c"):
             await self.put("q1", job_id)
         status, body = await self.call("GET", "/dequeue/sms/?count=2")
+        leases = [job.get("lease_id") for job in body.get("jobs", ())]
         self.assertEqual((status, body), (200, {"status": "success", "jobs": [
-            {"queue_id": "q1", "job_id": "a", "payload": {"j": "a"}, "requeues_remaining": -1},
-            {"queue_id": "q1", "job_id": "b", "payload": {"j": "b"}, "requeues_remaining": -1}]}))
+            {"queue_id": "q1", "job_id": "a", "payload": {"j": "a"}, "requeues_remaining": -1,
+             "lease_id": leases[0]},
+            {"queue_id": "q1", "job_id": "b", "payload": {"j": "b"}, "requeues_remaining": -1,
+             "lease_id": leases[1]}]}))
 
     async def test_dequeue_count_with_nothing_ready_is_404(self):
         """When count is given and nothing is ready, the answer is 404."""

@@ -29,7 +29,8 @@ def test_round_trip(client):
     stored = client.enqueue(qtype, "u1", payload, interval=0, job_id="j1", requeue_limit=3)
     assert stored == Enqueued("j1")
     job = client.dequeue(qtype)
-    assert job == Job(qtype, "u1", "j1", payload, 3, 0)
+    assert job == Job(qtype, "u1", "j1", payload, 3, 0, job.lease_id)
+    assert job.lease_id  # sharqd names each hand-out; finish(job) sends it
     client.finish(job)
     with pytest.raises(NotFound) as raised:
         client.finish(qtype, "u1", "j1")

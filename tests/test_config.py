@@ -100,6 +100,7 @@ def test_not_ini_is_one_line(tmp_path):
     ("sharq-server", "port", "70000"),
     ("sharq-server", "workers", "0"),
     ("sharq-server", "max_request_size", "1.5"),
+    ("sharq-server", "log_format", "xml"),
     ("redis", "db", "one"),
     ("redis", "port", "0"),
     ("redis", "conn_type", "udp_sock"),

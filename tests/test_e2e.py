@@ -80,7 +80,7 @@ def test_job_round_trip(servers):
     assert status == 200
     assert answer == {"status": "success", "queue_id": "u1", "job_id": "j1",
                       "payload": payload, "requeues_remaining": -1,
-                      "current_queue_length": 0}
+                      "current_queue_length": 0, "lease_id": answer["lease_id"]}
     assert server.request("POST", "/finish/sms/u1/j1/")[:2] == (200, {"status": "success"})
     assert server.request("POST", "/finish/sms/u1/j1/")[0] == 404
 

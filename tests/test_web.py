@@ -55,7 +55,7 @@ class RecordingQueue:
 
     async def global_metrics(self):
         self._record("global_metrics")
-        return ["sms"], Counts([60000, 120000], [1, 2], [0, 5], [0, 1])
+        return ["sms"], Counts([60000, 120000], [1, 2], [0, 5], [0, 1], [0, 4])
 
     async def queue_ids(self, queue_type):
         self._record("queue_ids", queue_type)
@@ -227,11 +227,11 @@ class RoutesTests(TestCase):
 
     async def test_dequeue_answers_the_job(self):
         """When a job is ready, 200 carries it with its payload as JSON."""
-        self.queue.job = Job("u1", "j1", b'{"a": [1, "b"]}', 2, 9)
+        self.queue.job = Job("u1", "j1", b'{"a": [1, "b"]}', 2, 9, "7")
         self.assertEqual(await self.call("GET", "/dequeue/sms/"), (200, {
             "status": "success", "queue_id": "u1", "job_id": "j1",
             "payload": {"a": [1, "b"]}, "requeues_remaining": 2,
-            "current_queue_length": 9}))
+            "current_queue_length": 9, "lease_id": "7"}))
 
     async def test_dequeue_default_type_and_nothing_ready(self):
         """When /dequeue/ has no type, `default` is used; nothing ready is 404."""
@@ -290,7 +290,8 @@ class RoutesTests(TestCase):
             "status": "success", "queue_types": ["sms"],
             "enqueue_counts": {"60000": 1, "120000": 2},
             "dequeue_counts": {"60000": 0, "120000": 5},
-            "dead_letter_counts": {"60000": 0, "120000": 1}}))
+            "dead_letter_counts": {"60000": 0, "120000": 1},
+            "finish_counts": {"60000": 0, "120000": 4}}))
         self.assertEqual(await self.call("GET", "/metrics/sms/"),
                          (200, {"status": "success", "queue_ids": ["a", "b"],
                                 "dead_letter_length": 4}))

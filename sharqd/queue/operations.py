@@ -3,14 +3,16 @@ The queue operations, each one Lua script call over an injected execute
 function.  Inputs are already validated; results are plain Python values.
 """
 
+import heapq
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import NamedTuple, Optional
 
-from twisted.internet.defer import FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.python.failure import Failure
 
-from sharqd.errors import Conflict, NotFound, QueueFull
+from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
 from sharqd.redis.scripts import Script
 
 _LUA = resources.files("sharqd.queue.lua")
@@ -26,7 +28,7 @@ def load_script(name, shared=True):
 SCRIPTS = {name: load_script(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
-    "deadletters")}
+    "deadletters", "policy", "explain", "stats", "topqueues")}
 LOCK = load_script("lock", shared=False)
 PRUNE = load_script("prune", shared=False)
 
@@ -60,6 +62,7 @@ class Job:
     payload: bytes
     requeues_remaining: int
     current_queue_length: int
+    lease_id: str = ""  # new at each hand-out: finish and touch may check it
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,47 @@ class Counts:
     enqueued: list
     dequeued: list
     dead: list = ()  # jobs moved to the dead letters
+    finished: list = ()  # counted for all queues together only
+
+
+# Queues one stats or top-queues call reads: keeps each call well under a
+# millisecond of Redis time, so concurrent enqueues are not held up.
+STATS_STEP = 100
+# Script calls of a scrape in flight at once: as many as connections, so a
+# request's command waits behind at most one of them.
+STATS_PARALLEL = 4
+TOTALS = ("enqueued", "dequeued", "finished", "requeued", "dead_lettered",
+          "rejected_duplicate", "rejected_max_queued_length")
+
+
+@dataclass(frozen=True)
+class TypeStats:
+    """What a queue type holds now, and its event totals since it began."""
+    queue_type: str
+    pending: int
+    active: int
+    ready_queues: int
+    dead_letters: int
+    oldest_ready_age: float  # seconds the longest-ready queue has waited
+    totals: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """One queue of a type as the dashboard lists it."""
+    queue_id: str
+    pending: int
+    active: int
+    interval: int
+    ready_at: Optional[int]  # epoch ms; None when nothing is pending
+
+
+async def _gather(deferreds):
+    """Their results in order, or the first failure itself (503, ...)."""
+    try:
+        return await gatherResults(deferreds, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
 
 
 async def _all(deferreds):
@@ -88,6 +132,12 @@ def _not_active(queue_type, queue_id, job_id):
     return NotFound(f"Job `{job_id}` is not active in queue `{queue_type}/{queue_id}`.")
 
 
+def _not_current_lease(queue_type, queue_id, job_id, lease_id):
+    return Conflict(f"Lease `{lease_id}` of job `{job_id}` in queue "
+                    f"`{queue_type}/{queue_id}` has ended: the job was handed out "
+                    f"again, and only its current worker may finish or touch it.")
+
+
 def _not_dead(queue_type, queue_id, job_id):
     return NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
                     f"is not a dead letter.")
@@ -101,16 +151,83 @@ def _enqueued(reply, queue_type, queue_id, job_id):
     return reply[1]
 
 
-def _dequeued(reply):
+def _dequeued(reply, queue_type):
     if reply is None:
         return None
-    queue_id, job_id, payload, budget, left = reply
-    return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left)
+    if reply == -1:
+        raise TypePaused(queue_type)
+    queue_id, job_id, payload, budget, left, lease_id = reply
+    return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left,
+               lease_id.decode())
 
 
-def _finished(reply, queue_type, queue_id, job_id):
+def _finished(reply, queue_type, queue_id, job_id, lease_id):
+    if reply == 2:
+        raise _not_current_lease(queue_type, queue_id, job_id, lease_id)
     if not reply:
         raise _not_active(queue_type, queue_id, job_id)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A rate policy; None where not set.  See README "Rate policy"."""
+    rate: Optional[float] = None
+    burst: Optional[int] = None
+    max_active: Optional[int] = None
+    paused: Optional[bool] = None
+
+    def as_dict(self):
+        return {"rate": self.rate, "burst": self.burst, "max_active": self.max_active,
+                "paused": self.paused}
+
+    @classmethod
+    def from_reply(cls, reply):
+        rate, burst, max_active, paused = (value.decode() for value in reply)
+        return cls(float(rate) if rate else None, int(burst) if burst else None,
+                   int(max_active) if max_active else None,
+                   {"1": True, "0": False}.get(paused))
+
+
+POLICY_FIELDS = ("rate", "burst", "max_active", "paused")
+
+
+def _policy_args(changes):
+    """The put script's arguments: "" for a field not given, "-" for null."""
+    def text(name):
+        if name not in changes:
+            return b""
+        value = changes[name]
+        if value is None:
+            return b"-"
+        if isinstance(value, bool):
+            return b"1" if value else b"0"
+        return repr(value).encode()
+    return [text(name) for name in POLICY_FIELDS]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A queue's state and why it is (not) handing out jobs."""
+    pending: int
+    active: int
+    source: str          # "queue" | "type" | "interval": where the policy comes from
+    policy: Policy
+    interval: int
+    type_paused: bool
+    tokens: int          # jobs its rate (or interval) lets go back to back now
+    next_ready_at: Optional[int]  # epoch ms; None while held (paused, at its cap)
+    reason: Optional[str]         # None when a job would go now
+    now: int
+    sources: dict = None  # rate, max_active, paused -> "queue" | "type" | None
+
+
+def _bytes(value):
+    """A script's reply value (integer or bulk string) as bytes."""
+    return value if isinstance(value, bytes) else b"%d" % value
+
+
+# queues one sweep call re-places after a change of a type's default policy
+SWEEP_STEP = 500
 
 
 class Queue:
@@ -134,6 +251,7 @@ class Queue:
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
         self._registered = {}  # queue type -> when this process last registered it
+        self._stats_waiters = []  # callers of all_type_stats while a read runs
 
     def _run(self, name, queue_type, *args, execute=None):
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
@@ -183,11 +301,13 @@ class Queue:
     def dequeue(self, queue_type, lease=None):
         """Deferred of the next ready job of the type, or of None."""
         d = self._run("dequeue", queue_type, lease or self.job_expire_interval)
-        return d.addCallback(_dequeued)
+        return d.addCallback(_dequeued, queue_type)
 
-    def finish(self, queue_type, queue_id, job_id):
-        d = self._run("finish", queue_type, queue_id, job_id, execute=self.durable)
-        return d.addCallback(_finished, queue_type, queue_id, job_id)
+    def finish(self, queue_type, queue_id, job_id, lease_id=None):
+        """Finish an active job; with lease_id only if that is its current lease."""
+        d = self._run("finish", queue_type, queue_id, job_id, lease_id or b"",
+                      execute=self.durable)
+        return d.addCallback(_finished, queue_type, queue_id, job_id, lease_id)
 
     async def set_interval(self, queue_type, queue_id, interval):
         if not await self._run("interval", queue_type, queue_id, interval):
@@ -219,15 +339,17 @@ class Queue:
         types added up (each type's counts are in its own slot)."""
         types = await self.registered_types()
         replies = await _all([self._run("metrics", t, b"counts") for t in types])
-        minutes, enq, deq, dead = self._now_minutes(), [0] * 10, [0] * 10, [0] * 10
+        minutes = self._now_minutes()
+        enq, deq, dead, done = [0] * 10, [0] * 10, [0] * 10, [0] * 10
         for reply in replies:
             minutes = reply[1]
             for i in range(10):
                 enq[i] += reply[2][i]
                 deq[i] += reply[3][i]
                 dead[i] += reply[4][i]
+                done[i] += reply[5][i]
         alive = sorted(t for t, reply in zip(types, replies) if reply[0])
-        return alive, Counts(minutes, enq, deq, dead)
+        return alive, Counts(minutes, enq, deq, dead, done)
 
     def _now_minutes(self):
         now = int(self._wall() * 1000)
@@ -300,28 +422,97 @@ class Queue:
         the type's next ready time (None when nothing is pending)."""
         reply = await self._run("dequeuebatch", queue_type,
                                 lease or self.job_expire_interval, count)
+        if reply[0] == -2:
+            raise TypePaused(queue_type)
         jobs = [Job(reply[i].decode(), reply[i + 1].decode(), reply[i + 2],
-                    int(reply[i + 3]), reply[i + 4])
-                for i in range(1, len(reply), 5)]
+                    int(reply[i + 3]), reply[i + 4], reply[i + 5].decode())
+                for i in range(1, len(reply), 6)]
         next_ms = int(reply[0])
         return jobs, (None if next_ms < 0 else next_ms)
 
     async def finish_many(self, queue_type, jobs):
-        """Finish (queue_id, job_id) pairs; per pair None or NotFound."""
-        args = [part for pair in jobs for part in pair]
+        """Finish (queue_id, job_id[, lease_id or None]) tuples; per job None,
+        NotFound or Conflict (not the current lease)."""
+        jobs = [(job[0], job[1], job[2] if len(job) > 2 else None) for job in jobs]
+        args = [part or b"" for job in jobs for part in job]
         reply = await self._run("finishbatch", queue_type, len(jobs), *args,
                                 execute=self.durable)
-        return [None if done else _not_active(queue_type, queue_id, job_id)
-                for done, (queue_id, job_id) in zip(reply, jobs)]
+        results = []
+        for done, (queue_id, job_id, lease_id) in zip(reply, jobs):
+            try:
+                _finished(done, queue_type, queue_id, job_id, lease_id)
+            except (NotFound, Conflict) as e:
+                results.append(e)
+            else:
+                results.append(None)
+        return results
 
-    async def touch(self, queue_type, queue_id, job_id, lease=None):
+    async def touch(self, queue_type, queue_id, job_id, lease=None, lease_id=None):
         """Move an active job's deadline to now + lease; returns the deadline
-        (epoch ms)."""
+        (epoch ms).  With lease_id, only if that is its current lease."""
         deadline = await self._run("touch", queue_type, queue_id, job_id,
-                                   lease or self.job_expire_interval)
+                                   lease or self.job_expire_interval, lease_id or b"")
+        if deadline == -1:
+            raise _not_current_lease(queue_type, queue_id, job_id, lease_id)
         if not deadline:
             raise _not_active(queue_type, queue_id, job_id)
         return int(deadline)
+
+    # ---- rate policies (queue_id None: the type's default policy)
+
+    async def get_policy(self, queue_type, queue_id=None):
+        """The stored Policy, or None when there is none."""
+        reply = await self._run("policy", queue_type, b"get", queue_id or b"")
+        return None if reply is None else Policy.from_reply(reply)
+
+    async def put_policy(self, queue_type, queue_id, changes):
+        """Change a queue's (or, queue_id None, the type's default) policy:
+        changes maps fields to new values, None removing one; the others
+        are kept.  It applies at once.  Returns the Policy stored."""
+        reply = await self._run("policy", queue_type, b"put", queue_id or b"",
+                                *_policy_args(changes))
+        if reply == -1:
+            raise BadRequest("`burst` needs a `rate`: give both (an `interval` alone "
+                             "is a burst of 1).")
+        if queue_id is None:
+            await self._sweep(queue_type)
+        return Policy.from_reply(reply)
+
+    async def delete_policy(self, queue_type, queue_id=None):
+        """Drop a policy; False when there was none."""
+        existed = await self._run("policy", queue_type, b"delete", queue_id or b"")
+        if existed and queue_id is None:
+            await self._sweep(queue_type)
+        return bool(existed)
+
+    async def _sweep(self, queue_type):
+        """Put every queue that follows the type's default policy in its
+        place, in calls of about SWEEP_STEP queues (none holds Redis long);
+        dequeues meanwhile check each queue they pick against its policy."""
+        cursor = b"0"
+        while True:
+            cursor = await self._run("policy", queue_type, b"sweep", b"", cursor, SWEEP_STEP)
+            if cursor in (b"0", 0):
+                return
+
+    async def pause_type(self, queue_type):
+        return bool(await self._run("policy", queue_type, b"pause", b""))
+
+    async def resume_type(self, queue_type):
+        return bool(await self._run("policy", queue_type, b"resume", b""))
+
+    async def explain(self, queue_type, queue_id):
+        """An Explanation of the queue, from one script call."""
+        (pending, active, source, rate, burst, max_active, paused, interval,
+         type_paused, tokens, next_at, reason, now, *sources) = await self._run(
+            "explain", queue_type, queue_id)
+        policy = Policy.from_reply([_bytes(rate), _bytes(burst), _bytes(max_active), paused])
+        return Explanation(int(pending), int(active), source.decode(), policy, int(interval),
+                           type_paused == b"1", int(tokens),
+                           None if next_at == -1 else int(next_at),
+                           reason.decode() or None, int(now),
+                           {name: source.decode() or None for name, source in
+                            zip(("rate", "max_active", "paused"), sources)})
 
     async def dead_letters(self, queue_type, offset=0, limit=100):
         """(total, [entry JSON bytes, ...]) newest first."""
@@ -349,3 +540,88 @@ class Queue:
     async def purge_dead_letters(self, queue_type):
         """Delete every dead letter of the type; returns how many."""
         return int(await self._run("deadletters", queue_type, b"purge"))
+
+    # ---- figures for /prometheus and the dashboard
+
+    async def type_stats(self, queue_type, step=STATS_STEP, limit=None):
+        """A TypeStats, read in script calls of up to step queues each, at
+        most limit.tokens (a DeferredSemaphore) in flight at once."""
+        limit = limit or DeferredSemaphore(STATS_PARALLEL)
+        reply = await limit.run(self._run, "stats", queue_type, 0, step)
+        pending, active, ready, dead, head, now = (int(n) for n in reply[:6])
+        raw, size = reply[6], int(reply[7])
+        totals = {name: 0 for name in TOTALS}
+        totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2))
+        # the rest of the ready set, in steps; concurrent queue changes may
+        # move a queue between steps: a gauge, not an atomic count
+        rest = await _gather([limit.run(self._run, "stats", queue_type, offset, step)
+                              for offset in range(step, size, step)])
+        pending += sum(int(r[0]) for r in rest)
+        age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
+        return TypeStats(queue_type, pending, active, ready, dead, age, totals)
+
+    async def known_types(self):
+        """Every type with jobs now or seen by an earlier call: a type keeps
+        its dead letters and totals after its last queue is gone."""
+        known = f"{self.prefix}:known_types"
+        now = await self.registered_types()
+        if now:
+            await self.execute(b"SADD", known, *now)
+        return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
+
+    def all_type_stats(self, step=STATS_STEP):
+        """Deferred of the TypeStats of every known type.  Callers that come
+        while a read runs share its result: several scrapers and open
+        dashboards cost one read, not one each."""
+        waiter = Deferred()
+        self._stats_waiters.append(waiter)
+        if len(self._stats_waiters) == 1:
+            Deferred.fromCoroutine(self._read_all_type_stats(step)).addBoth(self._stats_read)
+        return waiter
+
+    def _stats_read(self, result):
+        waiters, self._stats_waiters = self._stats_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read_all_type_stats(self, step):
+        """TypeStats of every known type; STATS_PARALLEL calls at a time
+        over all of them."""
+        types = await self.known_types()
+        limit = DeferredSemaphore(STATS_PARALLEL)
+        return await _gather([Deferred.fromCoroutine(self.type_stats(t, step, limit))
+                              for t in types])
+
+    async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):
+        """The first limit queues of the type (with pending or active jobs),
+        as QueueRows: the most pending first (ties by queue id), or by
+        queue id with sort="queue_id"."""
+        if sort == "queue_id":
+            def order(r):
+                return r.queue_id
+        else:
+            def order(r):
+                return (-r.pending, r.queue_id)
+        rows, cursor = {}, b"0"
+        while True:
+            reply = await self._run("topqueues", queue_type, cursor, step, limit, sort)
+            cursor = reply[0]
+            for i in range(1, len(reply), 5):
+                ready_at = int(reply[i + 4])
+                row = QueueRow(reply[i].decode(), int(reply[i + 1]), int(reply[i + 2]),
+                               int(reply[i + 3]), None if ready_at < 0 else ready_at)
+                rows[row.queue_id] = row  # SSCAN may give a queue twice
+            rows = {r.queue_id: r for r in heapq.nsmallest(limit, rows.values(), key=order)}
+            if cursor == b"0":
+                return sorted(rows.values(), key=order)
+
+    async def redis_version(self):
+        """The Redis server's version, from INFO."""
+        info = (await self.execute(b"INFO", b"server")).decode()
+        for line in info.splitlines():
+            if line.startswith("redis_version:"):
+                return line.split(":", 1)[1].strip()
+        return "unknown"

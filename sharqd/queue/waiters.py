@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sharqd.errors import ShuttingDown
+from sharqd.errors import ShuttingDown, TypePaused
 
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
@@ -44,7 +44,7 @@ class _Waiter:
 class _Line:
     """The waiters of one queue type, oldest first."""
 
-    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error")
+    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error", "paused")
 
     def __init__(self, queue_type):
         self.queue_type = queue_type
@@ -53,6 +53,7 @@ class _Line:
         self.again = False    # notified during that attempt: try once more
         self.timer = None     # the next re-check
         self.error = None     # the failure of the last attempt, if it failed
+        self.paused = None    # the TypePaused failure while the type is paused
 
 
 class Waiters(Service):
@@ -149,7 +150,11 @@ class Waiters(Service):
         for waiter in group:
             waiter.serving = False
         jobs, next_ms = [], None
-        if isinstance(result, Failure):
+        line.paused = None
+        if isinstance(result, Failure) and result.check(TypePaused):
+            # waiters keep waiting: the resume publishes like an enqueue
+            line.error, line.paused = None, result
+        elif isinstance(result, Failure):
             if line.error is None:
                 self.log.warn("Long-poll dequeue of {queue_type} failed: {error}; "
                               "retrying every {s} s", queue_type=line.queue_type,
@@ -203,6 +208,8 @@ class Waiters(Service):
             waiter.d.errback(ShuttingDown())
         elif line.error is not None:
             waiter.d.errback(line.error)
+        elif line.paused is not None:  # the type is paused: say so
+            waiter.d.errback(line.paused)
         else:
             waiter.d.callback([])
 

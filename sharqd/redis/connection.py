@@ -280,6 +280,9 @@ class RedisService(_Connections):
         # how long a command waits for a connection (startup, reconnect);
         # with the reply timeout the whole wait stays within timeout + 1 s
         self.connect_wait = min(1.0, config.timeout / 2)
+        # on_error(kind) is told of each command that got no usable answer
+        # (metrics): unreachable, no_answer (lost or timed out), refused
+        self.on_error = lambda kind: None
 
     def link(self):
         # the PING proves the server answers before requests go there
@@ -366,6 +369,7 @@ class RedisService(_Connections):
         return acked.addCallback(check)
 
     def _not_reachable(self, *_):
+        self.on_error("unreachable")
         raise RedisUnavailable(
             f"Redis at {self.describe()} is not reachable; try again shortly.")
 
@@ -373,10 +377,12 @@ class RedisService(_Connections):
         """The error to raise for an error that took the place of a reply."""
         error = failure.value
         if isinstance(error, txredisapi.ConnectionError):
+            self.on_error("no_answer")
             raise RedisUnavailable(
                 f"Redis at {self.describe()} did not answer in time; try again shortly.")
         if isinstance(error, txredisapi.ResponseError) and \
                 str(error).startswith(_TRANSIENT):
+            self.on_error("refused")
             self.log.warn("Redis refused a command: {error}", error=error)
             raise RedisRefused(f"Redis cannot serve right now: {error}", str(error))
         return failure

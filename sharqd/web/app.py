@@ -6,6 +6,7 @@ answer JSON.  No Redis here.
 import inspect
 import json
 import re
+import time
 
 from klein import Klein
 from twisted.internet.defer import ensureDeferred, fail
@@ -15,8 +16,10 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
-from sharqd.web import validation
-from sharqd.errors import BadRequest, SharqError
+from sharqd import __version__
+from sharqd.web import dashboard, openapi, validation
+from sharqd.web.prometheus import Exposition, ProcessMetrics
+from sharqd.errors import BadRequest, NotFound, RedisUnavailable, SharqError
 from sharqd.queue.waiters import Waiters
 
 JSON = b"application/json"
@@ -56,9 +59,18 @@ def _job(job, request, queue_type):
     # the stored payload is JSON text: splice it in rather than decode it
     return answer(request, 200, b'{"status": "success", "queue_id": "%s", '
                   b'"job_id": "%s", "payload": %s, "requeues_remaining": %d, '
-                  b'"current_queue_length": %d}' % (
+                  b'"current_queue_length": %d, "lease_id": "%s"}' % (
                       job.queue_id.encode(), job.job_id.encode(), job.payload,
-                      job.requeues_remaining, job.current_queue_length))
+                      job.requeues_remaining, job.current_queue_length,
+                      job.lease_id.encode()))
+
+
+def _policy_json(policy):
+    """A stored policy as answered: burst 1 when a rate has none."""
+    body = policy.as_dict()
+    if policy.rate is not None and policy.burst is None:
+        body["burst"] = 1
+    return body
 
 
 def hot(handler):
@@ -76,13 +88,35 @@ class Api:
     app.url_map.merge_slashes = False
     log = Logger()
 
-    def __init__(self, queue, default_requeue_limit=-1, waiters=None):
+    def __init__(self, queue, default_requeue_limit=-1, waiters=None,
+                 exposition=None, workers=1, redis_address=""):
         self.queue = queue
         self.default_requeue_limit = default_requeue_limit
+        from twisted.internet import reactor
         if waiters is None:  # no notifications: long-poll re-checks every second
-            from twisted.internet import reactor
             waiters = Waiters(queue, reactor)
         self.waiters = waiters
+        if exposition is None:
+            exposition = Exposition(ProcessMetrics(waiters.waiting), reactor)
+        self.exposition = exposition
+        self.workers = workers
+        self.redis_address = redis_address
+        self.started = time.time()
+        self._rules = self.app.url_map.bind("sharqd")
+
+    def route_of(self, request):
+        """The route template a request was answered by (a metrics label):
+        the hot path says so itself; others are matched again, which only
+        Klein's routes pay for.  Unknown routes are all "other"."""
+        if request.route is not None:
+            return request.route
+        try:
+            rule, _ = self._rules.match(request.path.decode("utf-8"),
+                                        request.method.decode("latin-1"),
+                                        return_rule=True)
+        except (HTTPException, RequestRedirect, UnicodeDecodeError):
+            return "other"
+        return rule.rule
 
     def resource(self):
         return _HotPath(self, self.app.resource())
@@ -156,7 +190,8 @@ class Api:
     @hot
     def finish(self, request, queue_type, queue_id, job_id):
         validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
-        d = self.queue.finish(queue_type, queue_id, job_id)
+        lease_id = validation.finish_lease_id(request.args, request.content.read())
+        d = self.queue.finish(queue_type, queue_id, job_id, lease_id)
         return d.addCallback(lambda _: answer(request, 200, b'{"status": "success"}'))
 
     @app.route("/interval/<queue_type>/<queue_id>/", methods=["POST"])
@@ -169,7 +204,9 @@ class Api:
     @app.route("/metrics/", methods=["GET"])
     async def metrics(self, request):
         types, counts = await self.queue.global_metrics()
-        return answer(request, 200, _metrics({"queue_types": types}, counts))
+        body = _metrics({"queue_types": types}, counts)
+        body["finish_counts"] = {str(m): n for m, n in zip(counts.minutes, counts.finished)}
+        return answer(request, 200, body)
 
     @app.route("/metrics/<queue_type>/", methods=["GET"])
     async def type_metrics(self, request, queue_type):
@@ -198,6 +235,68 @@ class Api:
         await self.queue.ping()
         return answer(request, 200, {"status": "success"})
 
+    # ---- observability: Prometheus, dashboard, OpenAPI (README, "Observability")
+
+    @app.route("/prometheus", methods=["GET"])
+    async def prometheus(self, request):
+        # without Redis the scrape still answers this process's metrics
+        # (its Redis errors among them), with sharqd_redis_up 0
+        try:
+            stats = await self.queue.all_type_stats()
+        except RedisUnavailable:
+            stats = None
+        accept = request.getHeader(b"accept")
+        content_type, body = await self.exposition.render(
+            stats, accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode())
+        return body
+
+    @app.route("/queues/", methods=["GET"])
+    async def queue_types(self, request):
+        stats = await self.queue.all_type_stats()
+        return answer(request, 200, {"status": "success", "queue_types": [
+            _type_stats(s) for s in stats]})
+
+    @app.route("/queues/<queue_type>/", methods=["GET"])
+    async def top_queues(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        sort = validation.query_arg(request.args, "sort")
+        limit = validation.query_arg(request.args, "limit")
+        sort = validation.sort_arg(sort)
+        limit = TOP_QUEUES if limit is None else validation.limit_arg(limit)
+        rows = await self.queue.top_queues(queue_type, limit, sort=sort)
+        return answer(request, 200, {
+            "status": "success", "queue_type": queue_type, "sort": sort,
+            "limit": limit, "queues": [
+                {"queue_id": r.queue_id, "pending": r.pending, "active": r.active,
+                 "interval": r.interval, "ready_at": r.ready_at} for r in rows]})
+
+    @app.route("/health/", methods=["GET"])
+    async def health(self, request):
+        body = {"status": "success", "version": __version__, "workers": self.workers,
+                "uptime_seconds": round(time.time() - self.started, 3),
+                "redis": {"address": self.redis_address, "reachable": True}}
+        try:
+            body["redis"]["version"] = await self.queue.redis_version()
+        except SharqError as e:  # the dashboard shows it: no 503 here
+            body["redis"].update(reachable=False, message=e.message)
+        return answer(request, 200, body)
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_document(self, request):
+        return answer(request, 200, openapi.DOCUMENT_JSON)
+
+    @app.route("/dashboard/", methods=["GET"])
+    def dashboard_page(self, request):
+        return self.dashboard_file(request, "index.html")
+
+    @app.route("/dashboard/<name>", methods=["GET"])
+    def dashboard_file(self, request, name):
+        content_type, body = dashboard.asset(name)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-cache")
+        return body
+
     # ---- API extensions: long-poll, batches, leases, dead letters
     # (README, "API extensions")
 
@@ -220,9 +319,9 @@ class Api:
             return _job(jobs[0] if jobs else None, request, queue_type)
         return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
             b'{"queue_id": "%s", "job_id": "%s", "payload": %s, '
-            b'"requeues_remaining": %d}' % (
+            b'"requeues_remaining": %d, "lease_id": "%s"}' % (
                 job.queue_id.encode(), job.job_id.encode(), job.payload,
-                job.requeues_remaining) for job in jobs))
+                job.requeues_remaining, job.lease_id.encode()) for job in jobs))
 
     @app.route("/enqueue/<queue_type>/", methods=["POST"])
     async def enqueue_batch(self, request, queue_type):
@@ -256,9 +355,12 @@ class Api:
     @app.route("/touch/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
     async def touch(self, request, queue_type, queue_id, job_id):
         validation.identifiers(queue_type=queue_type, queue_id=queue_id, job_id=job_id)
-        lease = validation.lease_field(validation.json_body(request.content.read()))
-        lease = lease or self.queue.job_expire_interval
-        deadline = await self.queue.touch(queue_type, queue_id, job_id, lease)
+        body = validation.json_body(request.content.read())
+        lease = validation.lease_field(body) or self.queue.job_expire_interval
+        lease_id = validation.query_arg(request.args, "lease_id")
+        lease_id = (validation.lease_id_field(body) if lease_id is None
+                    else validation.lease_id(lease_id))
+        deadline = await self.queue.touch(queue_type, queue_id, job_id, lease, lease_id)
         return answer(request, 200, {"status": "success", "lease": lease,
                                      "deadline": deadline})
 
@@ -293,8 +395,92 @@ class Api:
         await self.queue.retry_dead_letter(queue_type, queue_id, job_id)
         return answer(request, 201, {"status": "queued"})
 
+    # ---- rate policies, pause, explain (README "Rate policy")
+
+    @app.route("/policy/<queue_type>/<queue_id>/", methods=["PUT"])
+    async def put_policy(self, request, queue_type, queue_id=None):
+        validation.identifier("queue_type", queue_type)
+        if queue_id is not None:
+            validation.identifier("queue_id", queue_id)
+        changes = validation.policy_fields(validation.json_body(request.content.read()))
+        policy = await self.queue.put_policy(queue_type, queue_id, changes)
+        return answer(request, 200, {"status": "success", **_policy_json(policy)})
+
+    @app.route("/policy/<queue_type>/<queue_id>/", methods=["GET"])
+    async def get_policy(self, request, queue_type, queue_id=None):
+        validation.identifier("queue_type", queue_type)
+        if queue_id is not None:
+            validation.identifier("queue_id", queue_id)
+        policy = await self.queue.get_policy(queue_type, queue_id)
+        if policy is None:
+            raise _no_policy(queue_type, queue_id)
+        return answer(request, 200, {"status": "success", **_policy_json(policy)})
+
+    @app.route("/policy/<queue_type>/<queue_id>/", methods=["DELETE"])
+    async def delete_policy(self, request, queue_type, queue_id=None):
+        validation.identifier("queue_type", queue_type)
+        if queue_id is not None:
+            validation.identifier("queue_id", queue_id)
+        if not await self.queue.delete_policy(queue_type, queue_id):
+            raise _no_policy(queue_type, queue_id)
+        return answer(request, 200, {"status": "success"})
+
+    @app.route("/policy/<queue_type>/", methods=["PUT"])
+    def put_type_policy(self, request, queue_type):
+        return self.put_policy(request, queue_type)
+
+    @app.route("/policy/<queue_type>/", methods=["GET"])
+    def get_type_policy(self, request, queue_type):
+        return self.get_policy(request, queue_type)
+
+    @app.route("/policy/<queue_type>/", methods=["DELETE"])
+    def delete_type_policy(self, request, queue_type):
+        return self.delete_policy(request, queue_type)
+
+    @app.route("/pause/<queue_type>/", methods=["POST"])
+    async def pause_type(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        changed = await self.queue.pause_type(queue_type)
+        return answer(request, 200, {"status": "success", "paused": True, "changed": changed})
+
+    @app.route("/resume/<queue_type>/", methods=["POST"])
+    async def resume_type(self, request, queue_type):
+        validation.identifier("queue_type", queue_type)
+        changed = await self.queue.resume_type(queue_type)
+        return answer(request, 200, {"status": "success", "paused": False, "changed": changed})
+
+    @app.route("/queues/<queue_type>/<queue_id>/", methods=["GET"])
+    async def explain(self, request, queue_type, queue_id):
+        validation.identifiers(queue_type=queue_type, queue_id=queue_id)
+        e = await self.queue.explain(queue_type, queue_id)
+        policy = _policy_json(e.policy)
+        policy["interval"] = e.interval
+        return answer(request, 200, {
+            "status": "success", "queue_type": queue_type, "queue_id": queue_id,
+            "pending": e.pending, "active": e.active,
+            "policy": policy, "policy_source": e.source, "policy_sources": e.sources,
+            "limited_by": "rate" if e.policy.rate is not None else "interval",
+            "type_paused": e.type_paused, "tokens": e.tokens,
+            "ready": e.reason is None, "reason": e.reason,
+            "next_ready_at": e.next_ready_at, "now": e.now})
+
+
+def _no_policy(queue_type, queue_id):
+    if queue_id is None:
+        return NotFound(f"Queue type `{queue_type}` has no default policy; set one with "
+                        f"PUT /policy/{queue_type}/.")
+    return NotFound(f"Queue `{queue_type}/{queue_id}` has no policy of its own; "
+                    f"GET /queues/{queue_type}/{queue_id}/ shows the one in force.")
+
 
 DEAD_LETTER_PAGE = 100
+TOP_QUEUES = 50
+
+
+def _type_stats(s):
+    return {"queue_type": s.queue_type, "pending": s.pending, "active": s.active,
+            "ready_queues": s.ready_queues, "dead_letters": s.dead_letters,
+            "oldest_ready_age_seconds": s.oldest_ready_age, "totals": s.totals}
 _QUEUED = {"status": "queued"}
 _QUEUED_JSON = b'{"status": "queued"}'
 _SUCCESS = {"status": "success"}
@@ -371,17 +557,20 @@ class _HotPath(Resource):
         self.api = api
         self.klein = klein_resource
         bound = api.app  # the Klein app bound to this Api
-        self.routes = {key: _handler(api, bound, endpoint, names)
+        # each with its route template, the requests' metrics label
+        templates = {rule.endpoint: rule.rule for rule in bound.url_map.iter_rules()}
+        self.routes = {key: (_handler(api, bound, endpoint, names), templates[endpoint])
                        for key, (endpoint, names) in hot_routes(bound).items()}
 
     def render(self, request):
         path = request.path
         parts = path.split(b"/")
-        handler = self.routes.get((request.method, parts[1], len(parts)))
+        route = self.routes.get((request.method, parts[1], len(parts)))
         values = parts[2:-1]
-        if handler is None or parts[-1] or not all(values) or b"%" in path \
+        if route is None or parts[-1] or not all(values) or b"%" in path \
                 or not path.isascii():
             return self.klein.render(request)
+        handler, request.route = route
         try:
             d = handler(request, *[value.decode() for value in values])
         except Exception:

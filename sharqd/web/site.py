@@ -8,6 +8,7 @@ finish when they stop.
 import json
 import os
 import socket
+import time
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
@@ -51,6 +52,8 @@ class SharqRequest(Request):
     _received = 0
     counted_in = None  # the site, while the request counts as in flight
     gone = False  # the client hung up before its answer
+    route = None  # the route template that answers, when known early (metrics)
+    began = None  # time.monotonic() when it was routed
 
     def gotLength(self, length):
         limit = self.channel.site.max_request_size
@@ -83,6 +86,7 @@ class SharqRequest(Request):
         # drain on stop (finish and connectionLost below)
         self.counted_in = self.channel.site
         self.counted_in.request_started()
+        self.began = time.monotonic()
         problem = self._unservable()
         if problem is not None:
             self.answer_failure(400, problem)
@@ -100,7 +104,7 @@ class SharqRequest(Request):
 
     def _ended(self):
         if self.counted_in is not None:
-            self.counted_in.request_ended()
+            self.counted_in.request_ended(self)
             self.counted_in = None
 
     def _unservable(self):
@@ -267,7 +271,7 @@ class SharqSite(Site):
     noisy = False
 
     def __init__(self, resource, max_request_size, access_log=None,
-                 log_formatter=combinedLogFormatter, **kwargs):
+                 log_formatter=combinedLogFormatter, observe=None, **kwargs):
         # Bodies are JSON, never forms: skip twisted.web's parsing of the
         # Content-Type header (through the email package) on every POST,
         # which alone cost as much as the rest of an enqueue.
@@ -280,18 +284,23 @@ class SharqSite(Site):
         self._log_time = None
         self.in_flight = 0
         self._idle_waiters = []
+        # observe(request, seconds) is told of every answered request (metrics)
+        self.observe = observe
 
-    # ---- requests in flight, for the drain on stop
+    # ---- requests in flight, for the drain on stop (and the metrics)
 
     def request_started(self):
         self.in_flight += 1
 
-    def request_ended(self):
+    def request_ended(self, request=None):
         self.in_flight -= 1
         if not self.in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
+        if self.observe is not None and request is not None and request.finished \
+                and not request.gone:
+            self.observe(request, time.monotonic() - request.began)
 
     def when_idle(self):
         """A Deferred that fires once no request is in flight."""

@@ -9,7 +9,7 @@ import math
 import re
 
 from sharqd.errors import BadRequest
-from sharqd.queue.operations import BatchJob
+from sharqd.queue.operations import POLICY_FIELDS, BatchJob
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
@@ -230,8 +230,84 @@ def batch_enqueue_job(job, default_requeue_limit):
 
 
 def batch_finish_job(job):
-    """(queue_id, job_id) of one job of a batch finish."""
+    """(queue_id, job_id, lease_id or None) of one job of a batch finish."""
     queue_id = queue_id_field(batch_job(job))
     if "job_id" not in job:
         raise missing("job_id")
-    return queue_id, identifier("job_id", job["job_id"])
+    return queue_id, identifier("job_id", job["job_id"]), lease_id_field(job)
+
+
+# ---- lease ids and rate policies
+
+def lease_id(value):
+    """A lease id as the dequeue answered it (a string; a number is taken too)."""
+    if type(value) is int and value >= 0:
+        value = str(value)
+    return identifier("lease_id", value)
+
+
+def lease_id_field(body):
+    """The optional `lease_id` of a JSON object, or None."""
+    value = body.get("lease_id")
+    return None if value is None else lease_id(value)
+
+
+def finish_lease_id(args, raw):
+    """The optional lease id of a finish: `?lease_id=`, else `lease_id` in
+    the body.  A finish had no body before lease ids: a body that is not a
+    JSON object is ignored, as it always was."""
+    text = query_arg(args, "lease_id")
+    if text is not None:
+        return lease_id(text)
+    if not raw.strip():
+        return None
+    try:
+        body = json_body(raw)
+    except BadRequest:
+        return None
+    return lease_id_field(body)
+
+
+MIN_RATE, MAX_RATE = 0.000001, 1_000_000
+MAX_BURST = 1_000_000
+MAX_ACTIVE = 10**9
+
+
+def _number(value):
+    return type(value) in (int, float)
+
+
+def policy_fields(body):
+    """The changes of a PUT /policy/... body: the fields given, None for a
+    null (which removes the field)."""
+    for name in body:
+        if name not in POLICY_FIELDS:
+            raise BadRequest(f"`{name}` is not a policy field; give any of `rate`, "
+                             f"`burst`, `max_active`, `paused`.")
+    rate, burst = body.get("rate"), body.get("burst")
+    max_active, paused = body.get("max_active"), body.get("paused")
+    if rate is not None and not (_number(rate) and MIN_RATE <= rate <= MAX_RATE):
+        raise BadRequest(f"`rate` has an invalid value: give jobs per second, a number "
+                         f"from {MIN_RATE:g} to {MAX_RATE}.")
+    if burst is not None and (type(burst) is not int or not 1 <= burst <= MAX_BURST):
+        raise BadRequest(f"`burst` has an invalid value: give a whole number from "
+                         f"1 to {MAX_BURST}.")
+    if max_active is not None and (type(max_active) is not int
+                                   or not 1 <= max_active <= MAX_ACTIVE):
+        raise BadRequest(f"`max_active` has an invalid value: give a whole number from "
+                         f"1 to {MAX_ACTIVE}.")
+    if paused is not None and not isinstance(paused, bool):
+        raise BadRequest("`paused` has an invalid value: give true or false.")
+    changes = dict(body)
+    if rate is not None:
+        changes["rate"] = float(rate)
+    return changes
+
+
+def sort_arg(text):
+    """The `sort` of GET /queues/<type>/: pending (default) or queue_id."""
+    if text is None:
+        return "pending"
+    if text not in ("pending", "queue_id"):
+        raise invalid("sort")
+    return text

@@ -4,6 +4,7 @@ that adopt its listening socket.  A worker that dies is logged and started
 again; stopping the parent stops them all.
 """
 
+import json
 import os
 import sys
 
@@ -12,9 +13,22 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
+from sharqd.logs import WORKER_RECORD
+
 CHILD_FD = 3          # where a worker finds the listening socket
 RESTART_DELAY = 1.0   # seconds before a dead worker is started again
 STOP_SECONDS = 15     # a worker still running after this is killed
+
+
+def _json_record(text):
+    """A worker's JSON log line as a dict, or None for a text line."""
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class _Worker(ProcessProtocol):
@@ -31,8 +45,13 @@ class _Worker(ProcessProtocol):
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
-            self.log.info("[worker {n}] {line}", n=self.number,
-                          line=line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            record = _json_record(text)
+            if record is not None:  # log_format = json: pass it on as it is
+                self.log.info("[worker {n}] {line}", n=self.number, line=text,
+                              **{WORKER_RECORD: record})
+            else:
+                self.log.info("[worker {n}] {line}", n=self.number, line=text)
 
     errReceived = outReceived
 
@@ -44,11 +63,13 @@ class _Worker(ProcessProtocol):
 class WorkerPool(Service):
     log = Logger()
 
-    def __init__(self, count, config_args, http_service, reactor):
+    def __init__(self, count, config_args, http_service, reactor, metrics_dir=None):
         """config_args: the plugin's config options (-c FILE, and any
-        --gunicorn-config FILE), which each worker reads again."""
+        --gunicorn-config FILE), which each worker reads again; metrics_dir:
+        where each worker serves its own metrics (see web/prometheus.py)."""
         self.count = count
         self.config_args = list(config_args)
+        self.metrics_dir = metrics_dir
         self.http = http_service
         self.reactor = reactor
         self.workers = {}
@@ -64,7 +85,9 @@ class WorkerPool(Service):
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                 "--nodaemon", "--pidfile=",
                 "--logfile=-", "sharq", *self.config_args,
-                "--adopt-fd", str(CHILD_FD)]
+                "--adopt-fd", str(CHILD_FD), "--worker", str(number)]
+        if self.metrics_dir is not None:
+            args += ["--metrics-dir", self.metrics_dir]
         self.reactor.spawnProcess(
             worker, sys.executable, args, env=os.environ.copy(),
             childFDs={0: "w", 1: "r", 2: "r", CHILD_FD: self.http.port.fileno()})

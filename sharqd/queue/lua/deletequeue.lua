@@ -10,14 +10,14 @@ for _, jid in ipairs(redis.call('LRANGE', pending, 0, -1)) do
   redis.call('HDEL', k_limit(qid), jid)
 end
 redis.call('DEL', pending)
-redis.call('ZREM', K_READY, qid)
+unplace(qid)
 redis.call('HDEL', k_meta(qid), 'since')
 if ARGV[6] == '1' then
   local active = k_active(qid)
   for _, jid in ipairs(redis.call('SMEMBERS', active)) do
     redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid)
     redis.call('HDEL', payloads, jid)
-    redis.call('HDEL', budgets, jid)
+    redis.call('HDEL', budgets, jid, 'lease:' .. jid)
     redis.call('HDEL', k_limit(qid), jid)
   end
   redis.call('DEL', active)

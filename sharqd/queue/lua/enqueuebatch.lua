@@ -16,4 +16,5 @@ for qid, jid, interval, limit, max_length in
 end
 count_tally('enqueued', tally)
 notify_ready()
+add_enqueue_totals(reply)
 return reply

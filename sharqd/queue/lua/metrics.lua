@@ -1,27 +1,29 @@
 -- ARGV[5] "counts" | "idle" | "type" | "queue", [6] queue_id for "queue".
--- counts: {number of queues, minutes, enqueued, dequeued, dead} of the type
---         (GET /metrics/ adds up the types of the registry)
+-- counts: {number of queues, minutes, enqueued, dequeued, dead, finished}
+--         of the type (GET /metrics/ adds up the types of the registry)
 -- idle:   1 when the type has no queue and no count in the last 11
 --         minutes (it may leave the registry), else 0
 -- type:   {queue ids}
 -- queue:  {pending length, minutes, enqueued, dequeued, dead}
 local function counts(prefix)
-  local minutes, enqueued, dequeued, dead = {}, {}, {}, {}
+  local minutes, enqueued, dequeued, dead, finished = {}, {}, {}, {}, {}
   for i = 9, 0, -1 do
     local minute = MINUTE - i * 60000
-    local c = redis.call('HMGET', prefix .. minute, 'enqueued', 'dequeued', 'dead')
+    local c = redis.call('HMGET', prefix .. minute, 'enqueued', 'dequeued', 'dead',
+                         'finished')
     table.insert(minutes, minute)
     table.insert(enqueued, tonumber(c[1]) or 0)
     table.insert(dequeued, tonumber(c[2]) or 0)
     table.insert(dead, tonumber(c[3]) or 0)
+    table.insert(finished, tonumber(c[4]) or 0)
   end
-  return minutes, enqueued, dequeued, dead
+  return minutes, enqueued, dequeued, dead, finished
 end
 
 local scope = ARGV[5]
 if scope == 'counts' then
-  local m, e, d, x = counts(BASE .. ':counts:')
-  return {redis.call('SCARD', K_QUEUES), m, e, d, x}
+  local m, e, d, x, f = counts(BASE .. ':counts:')
+  return {redis.call('SCARD', K_QUEUES), m, e, d, x, f}
 elseif scope == 'idle' then
   if redis.call('EXISTS', K_QUEUES) == 1 then return 0 end
   for i = 0, 10 do

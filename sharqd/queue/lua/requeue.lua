@@ -13,6 +13,7 @@ for i = #due, 1, -1 do
   redis.call('ZREM', K_DEADLINES, member)
   redis.call('SREM', k_active(qid), jid)
   local budgets = k_budget(qid)
+  redis.call('HDEL', budgets, 'lease:' .. jid)
   local budget = tonumber(redis.call('HGET', budgets, jid)) or -1
   if budget == 0 then
     local limit = tonumber(redis.call('HGET', k_limit(qid), jid)) or 0
@@ -35,6 +36,8 @@ for i = #due, 1, -1 do
     redis.call('HDEL', budgets, jid)
     redis.call('HDEL', k_limit(qid), jid)
     count('dead', qid)
+    -- its slot is free: a queue at its max_active cap may be ready again
+    if redis.call('HEXISTS', k_meta(qid), 'held') == 1 then place(qid) end
     forget_if_empty(qid)
     discarded = discarded + 1
   else
@@ -46,9 +49,11 @@ for i = #due, 1, -1 do
     if redis.call('LPUSH', k_pending(qid), jid) == 1 then
       redis.call('HSET', meta, 'since', NOW)
     end
-    set_ready(qid, ready_at(meta))
+    place(qid)
     requeued = requeued + 1
   end
 end
 notify_ready()
+add_total('requeued', requeued)
+add_total('dead_lettered', discarded)
 return {requeued, discarded, #due}

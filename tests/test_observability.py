@@ -1,0 +1,303 @@
+"""
+/prometheus, the dashboard's read routes and /openapi.json: the queue-layer
+figures on a real redis-server, the routes through a real `twistd -n sharq`
+process, and the OpenAPI document against the routes the server has.
+"""
+
+import json
+import re
+import signal
+import time
+import urllib.request
+
+import pytest
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.trial.unittest import TestCase
+
+from sharqd.errors import Conflict, QueueFull
+from sharqd.queue.operations import BatchJob
+from sharqd.web.app import Api
+from sharqd.web.openapi import DOCUMENT
+from support import RedisServer, Sharqd, make_queue, shared_redis, wait_for
+
+
+def payload(value):
+    return json.dumps(value).encode()
+
+
+class TypeStatsTests(TestCase):
+    async def setUp(self):
+        self.q, self.clock = await make_queue(self)
+
+    async def put(self, queue_id, job_id, qtype="sms", interval=1000, limit=-1):
+        await self.q.enqueue(qtype, queue_id, job_id, interval, payload({}), limit)
+
+    async def test_stats_count_pending_active_ready(self):
+        """When a type has pending, active and ready jobs, type_stats counts
+        each, and the longest ready wait is measured from the ready time."""
+        for i in range(3):
+            await self.put("u1", f"a{i}")
+        await self.put("u2", "b0")
+        await self.q.dequeue("sms")  # u1 or u2: both ready at the same time
+        self.clock.advance(2.5)
+        stats = await self.q.type_stats("sms")
+        self.assertEqual((stats.pending, stats.active, stats.ready_queues,
+                          stats.dead_letters), (3, 1, 2, 0))
+        self.assertEqual(stats.oldest_ready_age, 2.5)
+
+    async def test_stats_in_steps_add_up(self):
+        """When a type has more queues than one step reads, the steps add up
+        to the same pending count."""
+        for i in range(23):
+            for j in range(i % 3 + 1):
+                await self.put(f"q{i}", f"j{j}")
+        whole = await self.q.type_stats("sms", step=1000)
+        stepped = await self.q.type_stats("sms", step=4)
+        self.assertEqual(whole.pending, sum(i % 3 + 1 for i in range(23)))
+        self.assertEqual(stepped, whole)
+
+    async def test_totals_count_each_event_once(self):
+        """When jobs are enqueued (single and batch), refused, dequeued,
+        finished, requeued and dead-lettered, the type's totals count each
+        event once, and /metrics/ counts the finishes per minute."""
+        await self.put("u1", "j1", limit=1)
+        await self.put("u1", "j2")
+        with self.assertRaises(Conflict):
+            await self.put("u1", "j1")
+        with self.assertRaises(QueueFull):
+            await self.q.enqueue("sms", "u1", "j3", 0, payload({}), -1, 2)
+        await self.q.enqueue_many("sms", [BatchJob("u2", "k1", 0, payload({}), 0),
+                                          BatchJob("u2", "k1", 0, payload({}), 0),
+                                          BatchJob("u2", "k2", 0, payload({}), 0, 1)])
+        jobs, _ = await self.q.dequeue_many("sms", 10)  # j1 and k1
+        await self.q.finish_many("sms", [("u1", "j1"), ("u1", "nope")])
+        self.clock.advance(1.001)
+        await self.q.requeue("sms", 100)  # k1: budget 0, a dead letter
+        job = await self.q.dequeue("sms")  # j2
+        await self.q.finish("sms", job.queue_id, job.job_id)
+        stats = await self.q.type_stats("sms")
+        self.assertEqual(stats.totals, {
+            "enqueued": 3, "rejected_duplicate": 2, "rejected_max_queued_length": 2,
+            "dequeued": 3, "finished": 2, "requeued": 0, "dead_lettered": 1})
+        self.assertEqual(len(jobs), 2)
+        _, counts = await self.q.global_metrics()
+        self.assertEqual(sum(counts.finished), 2)
+
+    async def test_requeues_are_totalled(self):
+        """When a lease runs out and the job is put back, requeued counts it."""
+        await self.put("u1", "j1")
+        await self.q.dequeue("sms")
+        self.clock.advance(1.001)
+        await self.q.requeue("sms", 100)
+        self.assertEqual((await self.q.type_stats("sms")).totals["requeued"], 1)
+
+    async def test_known_types_outlive_their_queues(self):
+        """When a type's last queue is gone after a read, the type is still
+        listed (its dead letters and totals stay visible)."""
+        await self.put("u1", "j1", qtype="email")
+        self.assertEqual(await self.q.known_types(), ["email"])
+        await self.q.delete_queue("email", "u1")
+        self.assertEqual([s.queue_type for s in await self.q.all_type_stats()], ["email"])
+
+    async def test_concurrent_reads_share_one(self):
+        """When the figures are asked for again while a read runs, both get
+        the same result from one read."""
+        await self.put("u1", "j1")
+        first, second = self.q.all_type_stats(), self.q.all_type_stats()
+        self.assertIs(await first, await second)
+        self.assertEqual([s.pending for s in await self.q.all_type_stats()], [1])
+
+    async def test_top_queues_most_pending_first(self):
+        """When queues have different lengths, top_queues lists the longest
+        first (ties by id), with interval and ready time, across steps."""
+        lengths = {"a": 2, "b": 5, "c": 1, "d": 5, "e": 3}
+        for qid, n in lengths.items():
+            for j in range(n):
+                await self.put(qid, f"j{j}", interval=250)
+        rows = await self.q.top_queues("sms", limit=3, step=2)
+        self.assertEqual([(r.queue_id, r.pending) for r in rows],
+                         [("b", 5), ("d", 5), ("e", 3)])
+        self.assertEqual({(r.interval, r.active) for r in rows}, {(250, 0)})
+        self.assertEqual(rows[0].ready_at, int(self.clock() * 1000))
+        by_id = await self.q.top_queues("sms", limit=3, step=2, sort="queue_id")
+        self.assertEqual([r.queue_id for r in by_id], ["a", "b", "c"])
+
+    async def test_top_queues_include_queues_with_only_active_jobs(self):
+        """When a queue's only job is active, it is listed with 0 pending and
+        no ready time."""
+        await self.put("z1", "j1")
+        await self.q.dequeue("sms")
+        await self.put("a1", "j2")
+        rows = await self.q.top_queues("sms", sort="queue_id")
+        self.assertEqual([(r.queue_id, r.pending, r.active, r.ready_at is None)
+                          for r in rows], [("a1", 1, 0, False), ("z1", 0, 1, True)])
+
+
+@pytest.fixture
+def server(tmp_path):
+    started = Sharqd(str(tmp_path), shared_redis()).start()
+    yield started
+    started.stop(signal.SIGKILL)
+
+
+def get(server, path, headers=None):
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
+                                     headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, response.headers["content-type"], response.read()
+
+
+def samples(text):
+    """{(name, frozenset(labels)): value} of an exposition."""
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.slow
+def test_prometheus_exposition(server):
+    """When /prometheus is scraped, it answers prometheus_client's text
+    format and content type, with the queue gauges per type and the
+    process's request counts by route template (never by queue id)."""
+    for i in range(3):
+        server.request("POST", f"/enqueue/sms/user{i}/",
+                       {"job_id": "j1", "interval": 0, "payload": {}})
+    server.request("GET", "/dequeue/sms/")
+    status, content_type, body = get(server, "/prometheus")
+    assert status == 200
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    found = samples(body.decode())
+    sms = frozenset({("queue_type", "sms")})
+    assert found[("sharqd_jobs_pending", sms)] == 2
+    assert found[("sharqd_jobs_active", sms)] == 1
+    assert found[("sharqd_queues_ready", sms)] == 2
+    assert found[("sharqd_dead_letters", sms)] == 0
+    enqueues = frozenset({("route", "/enqueue/<queue_type>/<queue_id>/"), ("code", "201")})
+    assert found[("sharqd_http_requests_total", enqueues)] == 3
+    assert ("sharqd_longpoll_waiters", frozenset()) in found
+    assert ("process_resident_memory_bytes", frozenset()) in found
+    assert "user1" not in body.decode()
+
+
+@pytest.mark.slow
+def test_prometheus_without_redis(tmp_path):
+    """When Redis is down, a scrape still answers in bounded time with the
+    process's metrics, its Redis errors counted and sharqd_redis_up 0."""
+    redis = RedisServer().start()
+    server = Sharqd(str(tmp_path), redis).start()
+    try:
+        assert samples(get(server, "/prometheus")[2].decode())[
+            ("sharqd_redis_up", frozenset())] == 1
+        redis.stop()
+        started = time.monotonic()
+        status, _, body = get(server, "/prometheus")
+        assert time.monotonic() - started < 3  # [redis] timeout 1 s, + 1 s
+        found = samples(body.decode())
+        assert status == 200 and found[("sharqd_redis_up", frozenset())] == 0
+        assert sum(v for (name, _), v in found.items()
+                   if name == "sharqd_redis_errors_total") >= 1
+        assert not any(name == "sharqd_jobs_pending" for name, _ in found)
+    finally:
+        server.stop(signal.SIGKILL)
+        redis.cleanup()
+
+
+@pytest.mark.slow
+def test_prometheus_openmetrics_when_asked(server):
+    """When the scraper asks for OpenMetrics, it gets that format."""
+    _, content_type, body = get(server, "/prometheus",
+                                {"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+
+
+@pytest.mark.slow
+def test_workers_all_in_one_scrape(tmp_path):
+    """When sharqd runs 2 workers, every scrape holds both processes' own
+    metrics, labelled worker 1 and 2, whichever process took it."""
+    server = Sharqd(str(tmp_path), shared_redis(), extra_server="workers : 2").start()
+
+    def workers():
+        text = get(server, "/prometheus")[2].decode()
+        return {s.labels.get("worker") for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "process_resident_memory_bytes"}
+
+    try:
+        wait_for(lambda: workers() == {"1", "2"}, timeout=20)  # the second starts a moment later
+        for _ in range(10):  # either process may take a scrape
+            assert workers() == {"1", "2"}
+    finally:
+        server.stop()  # SIGTERM: the parent stops the workers, removes the sockets
+
+
+@pytest.mark.slow
+def test_dashboard_read_routes(server):
+    """When the dashboard's read routes are asked, they answer the type's
+    figures, the busiest queues and the server's health."""
+    for qid, n in (("a", 1), ("b", 3)):
+        for j in range(n):
+            server.request("POST", f"/enqueue/sms/{qid}/",
+                           {"job_id": f"j{j}", "interval": 1000, "payload": {}})
+    status, body, _ = server.request("GET", "/queues/")
+    assert status == 200
+    (sms,) = body["queue_types"]
+    assert (sms["queue_type"], sms["pending"], sms["active"]) == ("sms", 4, 0)
+    status, body, _ = server.request("GET", "/queues/sms/?sort=pending&limit=1")
+    assert status == 200
+    assert [(q["queue_id"], q["pending"], q["interval"]) for q in body["queues"]] == [
+        ("b", 3, 1000)]
+    assert server.request("GET", "/queues/sms/?sort=age")[:2] == (
+        400, {"status": "failure", "message": "`sort` has an invalid value."})
+    status, body, _ = server.request("GET", "/health/")
+    assert (status, body["workers"], body["redis"]["reachable"]) == (200, 1, True)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", body["redis"]["version"])
+
+
+@pytest.mark.slow
+def test_dashboard_files(server):
+    """When /dashboard/ is opened, the page and its files come from the
+    package with their content types; an unknown file is a JSON 404."""
+    status, content_type, page = get(server, "/dashboard/")
+    assert (status, content_type) == (200, "text/html; charset=utf-8")
+    assert b"dashboard.js" in page
+    assert get(server, "/dashboard/dashboard.js")[1].startswith("text/javascript")
+    assert get(server, "/dashboard/dashboard.css")[1].startswith("text/css")
+    status, body, _ = server.request("GET", "/dashboard/nothing.js")
+    assert (status, body["status"]) == (404, "failure")
+
+
+# ---- the OpenAPI document
+
+@pytest.mark.slow
+def test_openapi_document_is_valid(server):
+    """When /openapi.json is fetched, it is the package's document and a
+    valid OpenAPI 3.1 document."""
+    status, content_type, body = get(server, "/openapi.json")
+    assert (status, content_type) == (200, "application/json")
+    document = json.loads(body)
+    assert document == json.loads(json.dumps(DOCUMENT))
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_openapi_has_every_route_and_no_other():
+    """Every route the server answers is in the document with its methods,
+    and every path and method of the document is a route of the server."""
+    served = set()
+    for rule in Api.app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        served |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, method) for path, ops in DOCUMENT["paths"].items()
+                  for method in ops}
+    assert served == documented
+
+
+def test_openapi_path_parameters_match_paths():
+    """Every {name} of a path is a documented path parameter and back."""
+    for path, ops in DOCUMENT["paths"].items():
+        names = set(re.findall(r"{(\w+)}", path))
+        for op in ops.values():
+            params = {p["name"] for p in op["parameters"] if p["in"] == "path"}
+            assert params == names, path
