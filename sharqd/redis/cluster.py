@@ -91,13 +91,15 @@ def parse_shards(reply, asked=""):
     ranges, nodes = {}, set()
     for shard in reply:
         fields = dict(zip(map(_text, shard[::2]), shard[1::2]))
-        master = None
+        master, online = None, False
         for node in fields["nodes"]:
             info = dict(zip(map(_text, node[::2]), node[1::2]))
             address = (_host(info.get("ip") or info.get("endpoint"), asked), int(info["port"]))
             nodes.add(address)
-            if _text(info["role"]) == "master":
-                master = address
+            # during a failover a failed master may still be listed as one:
+            # a master that is online wins
+            if _text(info["role"]) == "master" and not online:
+                master, online = address, _text(info.get("health", "")) == "online"
         slots = [int(s) for s in fields["slots"]]
         if master is not None:
             for start, end in zip(slots[::2], slots[1::2]):
@@ -117,9 +119,10 @@ def parse_slots(reply, asked=""):
     return ranges, nodes
 
 
-def _address(text):
+def _address(text, asked):
+    """host:port of a MOVED or ASK; "" for the host means the node asked."""
     host, _, port = text.rpartition(":")
-    return host, int(port)
+    return host or asked, int(port)
 
 
 class ClusterService(Service):
@@ -353,7 +356,7 @@ class ClusterService(Service):
             text = str(error)
             if text.startswith("MOVED "):
                 _, moved_slot, where = text.split()
-                target = _address(where)
+                target = _address(where, address[0])
                 self.slots[int(moved_slot)] = target
                 self._ranges = None  # the next read installs the whole map
                 self.refresh_soon()
@@ -361,7 +364,7 @@ class ClusterService(Service):
             if text.startswith("ASK ") and command[0] in _SCRIPTS:
                 return self._later(failure, slot, command, tries, started, durable)
             if text.startswith("ASK "):
-                target = _address(text.split()[2])
+                target = _address(text.split()[2], address[0])
                 return self._send(slot, command, tries + 1, started, node=target,
                                   asking=True, durable=durable)
             return failure
