@@ -46,16 +46,53 @@ class TypeStatsTests(TestCase):
                           stats.dead_letters), (3, 1, 2, 0))
         self.assertEqual(stats.oldest_ready_age, 2.5)
 
-    async def test_stats_in_steps_add_up(self):
-        """When a type has more queues than one step reads, the steps add up
-        to the same pending count."""
+    async def exact_pending(self, qtype="sms"):
+        """The pending jobs of a type counted list by list, the slow way."""
+        base = f"{self.q.prefix}:{{{qtype}}}"
+        total = 0
+        for qid in await self.q.execute(b"SMEMBERS", f"{base}:queues"):
+            total += await self.q.execute(b"LLEN", f"{base}:pending:{qid.decode()}")
+        return total
+
+    async def assert_pending(self, expected):
+        self.assertEqual(await self.exact_pending(), expected)
+        self.assertEqual((await self.q.type_stats("sms")).pending, expected)
+
+    async def test_pending_follows_every_way_in_and_out(self):
+        """The pending gauge is O(1) (kept from the totals), yet equals the
+        jobs in the lists after enqueues, batch enqueues, dequeues, batch
+        dequeues, a requeue, a dead letter put back, a paused queue (out of
+        the ready set) and a deleted queue."""
+        await self.put("u1", "a", limit=0)
+        await self.put("u1", "b")
+        await self.q.enqueue_many("sms", [BatchJob("u2", f"c{i}", 0, payload({}), -1, None)
+                                          for i in range(5)])
+        await self.assert_pending(7)
+        await self.q.dequeue("sms")
+        await self.q.dequeue_many("sms", 3)
+        await self.assert_pending(3)
+        self.clock.advance(5)  # the leases (1 s) run out
+        await self.q.requeue("sms", 100)  # "a" (limit 0) becomes a dead letter
+        await self.assert_pending(6)
+        await self.q.retry_dead_letter("sms", "u1", "a")
+        await self.assert_pending(7)
+        await self.q.put_policy("sms", "u2", {"paused": True})
+        await self.assert_pending(7)
+        await self.q.delete_queue("sms", "u2")
+        await self.assert_pending(await self.exact_pending())
+        self.assertEqual(await self.exact_pending(), 2)
+
+    async def test_pending_counts_jobs_stored_before_totals(self):
+        """Jobs stored by a sharqd that kept no totals (an upgrade) are
+        counted once, at the first read, and the gauge stays exact after."""
         for i in range(23):
             for j in range(i % 3 + 1):
                 await self.put(f"q{i}", f"j{j}")
-        whole = await self.q.type_stats("sms", step=1000)
-        stepped = await self.q.type_stats("sms", step=4)
-        self.assertEqual(whole.pending, sum(i % 3 + 1 for i in range(23)))
-        self.assertEqual(stepped, whole)
+        await self.q.execute(b"DEL", f"{self.q.prefix}:{{sms}}:totals")
+        await self.assert_pending(sum(i % 3 + 1 for i in range(23)))
+        await self.q.dequeue_many("sms", 5)
+        await self.put("new", "x")
+        await self.assert_pending(sum(i % 3 + 1 for i in range(23)) - 5 + 1)
 
     async def test_totals_count_each_event_once(self):
         """When jobs are enqueued (single and batch), refused, dequeued,

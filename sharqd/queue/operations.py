@@ -75,7 +75,7 @@ class Counts:
     finished: list = ()  # counted for all queues together only
 
 
-# Queues one stats or top-queues call reads: keeps each call well under a
+# Queues one top-queues call reads: keeps each call well under a
 # millisecond of Redis time, so concurrent enqueues are not held up.
 STATS_STEP = 100
 # Script calls of a scrape in flight at once: as many as connections, so a
@@ -543,20 +543,16 @@ class Queue:
 
     # ---- figures for /prometheus and the dashboard
 
-    async def type_stats(self, queue_type, step=STATS_STEP, limit=None):
-        """A TypeStats, read in script calls of up to step queues each, at
-        most limit.tokens (a DeferredSemaphore) in flight at once."""
+    async def type_stats(self, queue_type, limit=None):
+        """A TypeStats, in one script call of O(log N) Redis time (see
+        stats.lua); at most limit.tokens (a DeferredSemaphore) in flight."""
         limit = limit or DeferredSemaphore(STATS_PARALLEL)
-        reply = await limit.run(self._run, "stats", queue_type, 0, step)
+        reply = await limit.run(self._run, "stats", queue_type)
         pending, active, ready, dead, head, now = (int(n) for n in reply[:6])
-        raw, size = reply[6], int(reply[7])
+        raw = reply[6]
         totals = {name: 0 for name in TOTALS}
-        totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2))
-        # the rest of the ready set, in steps; concurrent queue changes may
-        # move a queue between steps: a gauge, not an atomic count
-        rest = await _gather([limit.run(self._run, "stats", queue_type, offset, step)
-                              for offset in range(step, size, step)])
-        pending += sum(int(r[0]) for r in rest)
+        totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)
+                      if raw[i].decode() in totals)
         age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
         return TypeStats(queue_type, pending, active, ready, dead, age, totals)
 
@@ -569,14 +565,14 @@ class Queue:
             await self.execute(b"SADD", known, *now)
         return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
 
-    def all_type_stats(self, step=STATS_STEP):
+    def all_type_stats(self):
         """Deferred of the TypeStats of every known type.  Callers that come
         while a read runs share its result: several scrapers and open
         dashboards cost one read, not one each."""
         waiter = Deferred()
         self._stats_waiters.append(waiter)
         if len(self._stats_waiters) == 1:
-            Deferred.fromCoroutine(self._read_all_type_stats(step)).addBoth(self._stats_read)
+            Deferred.fromCoroutine(self._read_all_type_stats()).addBoth(self._stats_read)
         return waiter
 
     def _stats_read(self, result):
@@ -587,12 +583,12 @@ class Queue:
             else:
                 waiter.callback(result)
 
-    async def _read_all_type_stats(self, step):
+    async def _read_all_type_stats(self):
         """TypeStats of every known type; STATS_PARALLEL calls at a time
         over all of them."""
         types = await self.known_types()
         limit = DeferredSemaphore(STATS_PARALLEL)
-        return await _gather([Deferred.fromCoroutine(self.type_stats(t, step, limit))
+        return await _gather([Deferred.fromCoroutine(self.type_stats(t, limit))
                               for t in types])
 
     async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):

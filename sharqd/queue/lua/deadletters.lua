@@ -32,6 +32,7 @@ elseif op == 'retry' then
     interval = string.match(entry, '"interval":(%d+)')
   end
   local code, length = enqueue_job(qid, jid, interval, payload, limit, '')
+  if code == 201 then add_total('retried', 1) end  -- pending again (stats.lua)
   redis.call('ZREM', K_DEAD, member)
   redis.call('HDEL', K_DEAD_JOBS, member)
   notify_ready()

@@ -9,6 +9,7 @@ for _, jid in ipairs(redis.call('LRANGE', pending, 0, -1)) do
   redis.call('HDEL', budgets, jid)
   redis.call('HDEL', k_limit(qid), jid)
 end
+add_total('deleted', redis.call('LLEN', pending))  -- pending no more (stats.lua)
 redis.call('DEL', pending)
 unplace(qid)
 redis.call('HDEL', k_meta(qid), 'since')

@@ -1,18 +1,28 @@
--- The figures of a type for /prometheus and the dashboard, read in bounded
--- steps so that no call holds Redis long, however many queues the type has.
--- ARGV[5] offset into the type's ready set (queues with pending jobs),
--- [6] step: sums the pending lengths of up to step of those queues.
--- Returns {pending in those queues}; the call at offset 0 adds the
--- type-wide figures, each O(1) or O(log N): active jobs, ready queues,
--- dead letters, earliest ready time (epoch ms, -1 when nothing is
--- pending), now (epoch ms), totals {field, value, ...}, and the size of
--- the ready set (for the calls at the other offsets).
-local offset, step = tonumber(ARGV[5]), tonumber(ARGV[6])
-local queues = redis.call('ZRANGE', K_READY, offset, offset + step - 1)
-local pending = 0
-for _, qid in ipairs(queues) do pending = pending + redis.call('LLEN', k_pending(qid)) end
-if offset > 0 then return {pending} end
+-- The figures of a type for /prometheus and the dashboard, in one call of
+-- O(log N) Redis time, however many queues the type has.
+-- Returns {pending jobs, active jobs, ready queues, dead letters, earliest
+-- ready time (epoch ms, -1 when nothing is pending), now (epoch ms),
+-- totals {field, value, ...}}.
+
+-- Pending jobs, from the totals the scripts keep anyway: what came in
+-- (enqueued, requeued, retried dead letters) less what went out (dequeued,
+-- deleted with its queue), plus a base counted once, atomically, the first
+-- time a type is read (jobs stored before the totals existed): O(queues)
+-- that once, O(1) ever after, and nothing added to the hot path.
+local t = redis.call('HMGET', K_TOTALS, 'pending_base', 'enqueued', 'requeued',
+                     'retried', 'dequeued', 'deleted')
+local function n(i) return tonumber(t[i]) or 0 end
+local flow = n(2) + n(3) + n(4) - n(5) - n(6)
+local base = tonumber(t[1])
+if not base then
+  local exact = 0
+  for _, qid in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
+    exact = exact + redis.call('LLEN', k_pending(qid))
+  end
+  base = exact - flow
+  redis.call('HSET', K_TOTALS, 'pending_base', base)
+end
 local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
-return {pending, redis.call('ZCARD', K_DEADLINES), redis.call('ZCOUNT', K_READY, '-inf', NOW),
+return {base + flow, redis.call('ZCARD', K_DEADLINES), redis.call('ZCOUNT', K_READY, '-inf', NOW),
         redis.call('ZCARD', K_DEAD), head[2] and tonumber(head[2]) or -1, NOW,
-        redis.call('HGETALL', K_TOTALS), redis.call('ZCARD', K_READY)}
+        redis.call('HGETALL', K_TOTALS)}
