@@ -9,12 +9,16 @@ test:
 	./scripts/run-tests.sh
 
 # Benchmarks (bench/README.md): sets up .venv and wrk, then drives this
-# tree's sharqd (workers 1 and 2) and writes bench/RESULTS.md.
+# tree's sharqd (workers 1 and 2) and writes bench/RESULTS.md; then runs
+# sharqd and the original SharQ Server side by side (bench/sidebyside.py,
+# which builds the original's venv in .venv-original/ when missing) and
+# adds that section to bench/RESULTS.md.
 # `make bench BENCH_ARGS=--quick` for a smoke test.
 BENCH_ARGS ?=
 bench:
 	./scripts/setup.sh wrk
 	python3 bench/run.py --twistd $(CURDIR)/.venv/bin/twistd $(BENCH_ARGS)
+	python3 bench/sidebyside.py --twistd $(CURDIR)/.venv/bin/twistd $(filter --quick,$(BENCH_ARGS))
 
 # Long-poll (1,000 waiting clients) and batch enqueue figures, printed; see
 # bench/RESULTS-longpoll.md for a recorded run.

@@ -26,67 +26,34 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def wait_port(port, process, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"process on port {port} exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port}")
+sys.path.insert(0, str(ROOT / "tests"))
+import processes  # noqa: E402  (the process harness shared with the tests)
+from processes import cpu_seconds  # noqa: E402
 
 
 def start(tmp, twistd, callgrind=False):
-    redis_port, http_port = free_port(), free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", tmp],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(redis_port, redis)
+    redis = processes.RedisServer().start()
+    http_port = processes.free_port()
     conf = os.path.join(tmp, "sharq.conf")
     with open(conf, "w") as f:
-        f.write(f"[sharq]\njob_expire_interval : 600000\n"
-                f"[sharq-server]\nhost : 127.0.0.1\nport : {http_port}\n"
-                f"[redis]\nhost : 127.0.0.1\nport : {redis_port}\n")
-    command = [twistd, "-n", "--pidfile=", "sharq", "-c", conf]
+        f.write(processes.sharq_conf(http_port, redis.port, "sharq_server",
+                                     sharq="job_expire_interval : 600000"))
+    command = [twistd]
     if callgrind:  # the venv's python, so valgrind does not see a script
         python = os.path.join(os.path.dirname(twistd), "python")
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=" +
                    os.path.join(tmp, "callgrind.out"), python, "-c",
-                   "from twisted.scripts.twistd import run; run()"] + command[1:]
-    sharqd = subprocess.Popen(
-        command, cwd=tmp,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=open(os.path.join(tmp, "sharqd.log"), "wb"), stderr=subprocess.STDOUT)
-    wait_port(http_port, sharqd, timeout=300 if callgrind else 20)
+                   "from twisted.scripts.twistd import run; run()"]
+    sharqd = processes.SharqdProcess(command, conf, os.path.join(tmp, "sharqd.log"),
+                                     tmp).start()
+    sharqd.wait_listening(http_port, timeout=300 if callgrind else 20)
     return redis, sharqd, http_port
 
 
@@ -176,10 +143,8 @@ def main():
             klein = statistics.median(x[route] for x in results[True])
             print(f"| {route} | {hot:.0f} | {klein:.0f} | {1 - hot / klein:.0%} |")
     finally:
-        sharqd.send_signal(signal.SIGTERM)
-        sharqd.wait(120)
-        redis.terminate()
-        redis.wait(10)
+        sharqd.stop()
+        redis.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -20,6 +20,8 @@ import asyncio
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import time
 
@@ -88,7 +90,19 @@ async def run(args, servers):
     await waiters.start()
     producer = await Client(servers.port).connect()
 
-    # 1. idle
+    sharqd = servers.sharqd.pid
+    if not args.only_burst:
+        await idle(args, servers, results)
+        await trickle(args, waiters, producer, results)
+    await burst(args, servers, waiters, producer, sharqd, results)
+    if not args.only_burst:
+        await interval(waiters, producer, results)
+    waiters.stop()
+    producer.close()
+    return results
+
+
+async def idle(args, servers, results):
     sharqd, redis = servers.sharqd.pid, servers.redis.pid
     c0, r0, t0 = cpu_seconds(sharqd), cpu_seconds(redis), time.monotonic()
     await asyncio.sleep(args.idle)
@@ -99,7 +113,8 @@ async def run(args, servers):
           f"{results['idle_sharqd_cpu_pct']:.2f} %, redis-server CPU "
           f"{results['idle_redis_cpu_pct']:.2f} %", flush=True)
 
-    # 2. trickle
+
+async def trickle(args, waiters, producer, results):
     sent, acked = {}, {}
     base = len(waiters.received)
     for k in range(args.trickle):
@@ -119,26 +134,54 @@ async def run(args, servers):
           f"enqueue request -> delivered {ms(from_sent)}; enqueue 201 -> delivered "
           f"{ms(from_ack)}", flush=True)
 
-    # 3. burst
+
+def redis_cli(port, *command):
+    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def slowlog_ms(lines):
+    """The durations (ms) and commands of `redis-cli SLOWLOG GET` output."""
+    found, k = [], 0
+    while k + 2 < len(lines):
+        if lines[k].strip().isdigit() and lines[k + 1].strip().isdigit() \
+                and lines[k + 2].strip().isdigit():
+            found.append(f"{int(lines[k + 2]) / 1000:.1f}")
+            k += 3
+        else:
+            k += 1
+    return ", ".join(found) or "none"
+
+
+async def burst(args, servers, waiters, producer, sharqd, results):
+    redis_cli(servers.redis_port, "CONFIG", "SET", "slowlog-log-slower-than", "1000")
+    redis_cli(servers.redis_port, "SLOWLOG", "RESET")
     base = len(waiters.received)
     jobs = [{"queue_id": f"bq{k}", "job_id": f"b{k}", "interval": 0, "payload": k}
             for k in range(args.clients)]
     body = json.dumps({"jobs": jobs}).encode()
-    c0 = cpu_seconds(sharqd)
+    c0, b0 = cpu_seconds(sharqd), time.process_time()
     start = time.time()
     status, _ = await producer.request("POST", "/enqueue/bench/", body)
     acked_at = time.time()
     assert status == 201, status
     await waiters.until(base + args.clients)
-    c1 = cpu_seconds(sharqd)
+    c1, b1 = cpu_seconds(sharqd), time.process_time()
     delays = [t - start for t, *_ in waiters.received[base:]]
+    from_ack = [max(0.0, t - acked_at) for t, *_ in waiters.received[base:]]
     print(f"burst: {args.clients} jobs in one batch to {args.clients} waiting clients: "
-          f"batch request -> delivered {ms(delays)} (batch 201 after "
+          f"batch request -> delivered {ms(delays)}; batch 201 -> delivered "
+          f"{ms(from_ack)} (batch 201 after "
           f"{(acked_at - start) * 1000:.1f} ms; sharqd CPU {c1 - c0:.2f} s for the "
-          f"batch, {args.clients} answers and {args.clients} new waits)", flush=True)
+          f"batch, {args.clients} answers and {args.clients} new waits; this client's CPU "
+          f"{b1 - b0:.2f} s)", flush=True)
     results["burst"] = delays
+    slow = redis_cli(servers.redis_port, "SLOWLOG", "GET", "1000").split("\n")
+    print(f"burst: Redis calls over 1 ms meanwhile: {slowlog_ms(slow)}", flush=True)
+    results["burst_from_ack"] = from_ack
 
-    # 4. interval
+
+async def interval(waiters, producer, results):
     base = len(waiters.received)
     n = 50
     jobs = [{"queue_id": "paced", "job_id": f"p{k}", "interval": 100, "payload": k}
@@ -153,10 +196,6 @@ async def run(args, servers):
           f"+ 100 ms (the next ready time) {ms(late)}", flush=True)
     results["interval"] = late
 
-    waiters.stop()
-    producer.close()
-    return results
-
 
 async def bounded(args, servers):
     return await asyncio.wait_for(run(args, servers), args.limit)
@@ -169,12 +208,26 @@ def main():
     parser.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
     parser.add_argument("--trickle", type=int, default=1000, help="jobs of the trickle phase")
     parser.add_argument("--rate", type=float, default=100.0, help="trickle jobs per second")
+    parser.add_argument("--py-spy", help="path of py-spy: profile sharqd meanwhile")
+    parser.add_argument("--profile-out", default="bench/profile-longpoll.txt")
+    parser.add_argument("--only-burst", action="store_true",
+                        help="skip the idle, trickle and interval phases")
     parser.add_argument("--limit", type=float, default=120.0, help="give up after seconds")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {platform.node()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
     with Servers() as servers:
-        asyncio.run(bounded(args, servers))
+        profiler = None
+        if args.py_spy:  # sample sharqd from here on; collapsed stacks
+            profiler = subprocess.Popen([
+                args.py_spy, "record", "--pid", str(servers.sharqd.pid), "-r", "1000",
+                "-f", "raw", *(["--native"] if os.environ.get("PYSPY_NATIVE") else []), "-o", args.profile_out], stdout=subprocess.DEVNULL)
+        try:
+            asyncio.run(bounded(args, servers))
+        finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
 
 
 if __name__ == "__main__":

@@ -7,29 +7,15 @@ asyncio HTTP/1.1 keep-alive client (so the client costs little CPU).
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+import processes  # noqa: E402  (the process harness shared with the tests)
+from processes import cpu_seconds, free_port, wait_for  # noqa: E402,F401 (benches' names)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    """User + system CPU seconds a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+TWISTD = [os.path.join(os.path.dirname(sys.executable), "twistd")]
 
 
 class Servers:
@@ -37,7 +23,6 @@ class Servers:
 
     def __init__(self, sharq_options="", server_options=""):
         self.dir = tempfile.mkdtemp(prefix="sharqd-lpbench-")
-        self.redis_port = free_port()
         self.port = free_port()
         self.sharq_options = sharq_options
         self.server_options = server_options
@@ -52,54 +37,26 @@ class Servers:
         return self
 
     def _start(self):
-        self.redis = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.redis_port, self.redis)
+        self.redis = processes.RedisServer().start()
+        self.redis_port = self.redis.port
         conf = os.path.join(self.dir, "sharq.conf")
         with open(conf, "w") as f:
-            f.write(f"[sharq]\njob_expire_interval : 600000\n{self.sharq_options}\n"
-                    f"[sharq-server]\nhost : 127.0.0.1\nport : {self.port}\n"
-                    f"max_request_size : 10485760\n{self.server_options}\n"
-                    f"[redis]\nhost : 127.0.0.1\nport : {self.redis_port}\n"
-                    f"key_prefix : bench\n")
-        self.log = open(os.path.join(self.dir, "sharqd.log"), "wb")
-        self.sharqd = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", *os.environ.get("LPBENCH_TWISTD_ARGS", "").split(),
-             "sharq", "-c", conf], cwd=self.dir,
-            env=dict(os.environ, PYTHONPATH=ROOT), stdout=self.log,
-            stderr=subprocess.STDOUT)
-        wait_for_port(self.port, self.sharqd)
-        deadline = time.monotonic() + 10
-        while b"Subscribed to" not in open(self.log.name, "rb").read():
-            if time.monotonic() > deadline:
-                raise RuntimeError("sharqd did not subscribe")
-            time.sleep(0.05)
+            f.write(processes.sharq_conf(
+                self.port, self.redis.port, "bench",
+                sharq=f"job_expire_interval : 600000\n{self.sharq_options}",
+                server=f"max_request_size : 10485760\n{self.server_options}"))
+        self.sharqd = processes.SharqdProcess(
+            TWISTD, conf, os.path.join(self.dir, "sharqd.log"), self.dir,
+            twistd_args=os.environ.get("LPBENCH_TWISTD_ARGS", "").split()).start()
+        self.sharqd.wait_listening(self.port)
+        wait_for(lambda: "Subscribed to" in self.sharqd.read_log(), 10)
 
     def __exit__(self, *exc):
-        for process in (self.sharqd, self.redis):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(5)
+        if self.sharqd is not None:
+            self.sharqd.stop()
+        if self.redis is not None:
+            self.redis.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def wait_for_port(port, process, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 class Client:

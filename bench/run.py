@@ -26,11 +26,9 @@ import hashlib
 import json
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +39,9 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import processes  # noqa: E402  (the process harness shared with the tests)
+from processes import CLK_TCK, free_port, process_tree  # noqa: E402
 from resp import Redis, RespError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +57,6 @@ PREFIX = "sharq_server"
 QTYPE = "bench"
 BASE = f"{PREFIX}:{{{QTYPE}}}"
 NQUEUES = 1000          # queues the wrk and redis-benchmark loads spread over
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = ("enqueue", "dequeue", "dequeue_finish")
 LABEL = {"enqueue": "enqueue", "dequeue": "dequeue", "dequeue_finish": "dequeue+finish"}
 
@@ -89,43 +89,6 @@ class Deadline:
 
 # ---------------------------------------------------------------- processes
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_stat(pid):
-    """(ppid, pgrp, utime+stime, cutime+cstime) in ticks, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12]),
-            int(fields[13]) + int(fields[14]))
-
-
-def process_tree(root):
-    """root and every live process in its process group or below it."""
-    stats = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = proc_stat(int(name))
-            if st:
-                stats[int(name)] = st
-    members = {p for p, st in stats.items() if p == root or st[1] == root}
-    grew = True
-    while grew:
-        grew = False
-        for p, st in stats.items():
-            if p not in members and st[0] in members:
-                members.add(p)
-                grew = True
-    return {p: stats[p] for p in members}
-
-
 def machine_busy_ticks():
     with open("/proc/stat") as f:
         vals = [int(v) for v in f.readline().split()[1:]]
@@ -135,47 +98,20 @@ def machine_busy_ticks():
 
 def stop_group(proc, name, grace=15):
     """SIGTERM the process group, then SIGKILL what is left."""
-    if proc is None:
-        return
-    pgid = proc.pid
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            log(f"{name} (pid {proc.pid}) still running after {sig.name}")
-            continue
-        # the leader is gone; its group may still hold workers
-        if not any(st[1] == pgid for st in process_tree(pgid).values()):
-            return
-    log(f"warning: could not stop all of {name}'s process group {pgid}")
+    if not processes.stop_group(proc, grace):
+        log(f"warning: could not stop all of {name}'s process group {proc.pid}")
 
 
 class RedisServer:
+    """The bench's redis-server (tests/processes.py) and a client of it."""
+
     def __init__(self, binary, tmp):
-        self.port = free_port()
-        self.logfile = tmp / "redis.log"
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(tmp),
-             "--daemonize", "no", "--protected-mode", "no",
-             "--logfile", str(self.logfile), "--slowlog-max-len", "20000",
-             "--maxclients", "10000"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        end = time.monotonic() + 15
-        while True:
-            try:
-                self.client = Redis(port=self.port)
-                self.client.call("PING")
-                break
-            except (OSError, RespError):
-                if self.proc.poll() is not None or time.monotonic() > end:
-                    raise BenchError(f"redis-server did not start; see {self.logfile}")
-                time.sleep(0.1)
+        self.server = processes.RedisServer(options=[
+            "--protected-mode", "no", "--logfile", str(tmp / "redis.log"),
+            "--slowlog-max-len", "20000", "--maxclients", "10000"])
+        self.server.start()
+        self.port, self.proc = self.server.port, self.server.process
+        self.client = Redis(port=self.port)
 
     def cpu_s(self):
         info = self.client.info("cpu")
@@ -190,6 +126,7 @@ class RedisServer:
         except Exception:
             pass
         stop_group(self.proc, "redis-server", grace=10)
+        self.server.cleanup()
 
 
 class Sharqd:
@@ -252,12 +189,7 @@ class Sharqd:
         return self.proc.poll() is None
 
     def cpu_s(self):
-        tree = process_tree(self.proc.pid)
-        ticks = sum(st[2] for st in tree.values())
-        root = tree.get(self.proc.pid)
-        if root:
-            ticks += root[3]  # workers that ended and were reaped
-        return ticks / CLK_TCK, len(tree)
+        return processes.tree_cpu_seconds(self.proc.pid)
 
     def stop(self):
         stop_group(self.proc, "sharqd")

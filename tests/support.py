@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -27,79 +26,19 @@ from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.redis.connection import RedisService, Subscription
 from sharqd.redis.resp import encode_command
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+import processes
+from processes import free_port, wait_for  # noqa: F401 (the tests' names)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of our own, on a free TCP port and a unix socket."""
-
-    def __init__(self, appendonly=False, password=None, port=None, extra=()):
-        self.dir = tempfile.mkdtemp(prefix="sharqd-redis-")
-        self.port = port or free_port()
-        self.unix_socket = os.path.join(self.dir, "redis.sock")
-        self.appendonly = appendonly
-        self.password = password
-        self.extra = list(extra)
-        self.process = None
-
-    def start(self):
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--unixsocket", self.unix_socket, "--unixsocketperm", "700",
-                "--dir", self.dir, "--save", "",
-                "--appendonly", "yes" if self.appendonly else "no"]
-        if self.password:
-            args += ["--requirepass", self.password]
-        args += self.extra
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
+class RedisServer(processes.RedisServer):
+    """A redis-server of our own (tests/processes.py), and the [redis]
+    config section that reaches it."""
 
     def kill(self):
         """SIGKILL: the node dies as in a crash."""
         self.process.kill()
         self.process.wait(10)
         self.process = None
-
-    def pause(self):
-        """SIGSTOP: Redis keeps its connections but answers nothing."""
-        self.process.send_signal(19)
-
-    def resume(self):
-        self.process.send_signal(18)
-
-    def call(self, *args, db=0):
-        """One command on a fresh connection (AUTH and SELECT first as
-        needed); the first line of the reply."""
-        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
-            if self.password:
-                s.sendall(encode_command(("AUTH", self.password)))
-                s.recv(64)
-            if db:
-                s.sendall(encode_command(("SELECT", db)))
-                s.recv(64)
-            s.sendall(encode_command(args))
-            return s.recv(4096).split(b"\r\n")[0]
 
     def info(self, *args):
         """A command whose answer is one bulk string (INFO, CLUSTER INFO,
@@ -113,10 +52,6 @@ class RedisServer:
                 if sep and (head[:1] != b"$" or len(rest) >= int(head[1:]) + 2):
                     break
             return rest[:int(head[1:])].decode() if head[:1] == b"$" else head.decode()
-
-    def cleanup(self):
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def section(self, unix=False, **overrides):
         if self.password:
@@ -178,7 +113,7 @@ class RedisCluster:
     def __init__(self, masters=3, replicas=1, node_timeout=2000, appendonly=False):
         self.node_timeout = node_timeout
         self.replicas = replicas
-        self.nodes = [RedisServer(appendonly=appendonly, port=free_cluster_port(), extra=[
+        self.nodes = [RedisServer(appendonly=appendonly, port=free_cluster_port(), options=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout)])
             for _ in range(masters * (1 + replicas))]
@@ -308,19 +243,6 @@ def shared_redis():
 
 def unique_prefix():
     return "t" + uuid.uuid4().hex[:12]
-
-
-def wait_for(check, timeout=10.0, step=0.02):
-    """Poll check() until it gives something true, and return that; fail
-    after timeout seconds (a generous bound: the machine may be busy)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
 
 
 class RedisMonitor:

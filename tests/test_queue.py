@@ -397,3 +397,35 @@ class QueueRulesUnixSocket(QueueRulesTCP):
 
 class QueueRulesCluster(QueueRulesTCP):
     cluster = True
+
+
+class QueueIdPaging(TestCase):
+    """The queue ids of a type, read page by page (GET /metrics/<type>/)."""
+
+    async def setUp(self):
+        self.q, _ = await make_queue(self)
+
+    async def fill(self, n):
+        from sharqd.queue.operations import BatchJob
+        for start in range(0, n, 1000):
+            await self.q.enqueue_many("sms", [
+                BatchJob(f"q{k}", "j", 0, b"{}", -1)
+                for k in range(start, min(n, start + 1000))])
+
+    async def test_pages_cover_every_queue_once(self):
+        """When 3,000 queues are read 700 at a time, the pages hold each
+        queue exactly once and every page tells the total."""
+        await self.fill(3000)
+        seen = []
+        for offset in range(0, 3500, 700):
+            total, ids = await self.q.queue_id_page("sms", offset, 700)
+            self.assertEqual(total, 3000)
+            self.assertEqual(len(ids), min(700, 3000 - offset))
+            seen.extend(ids)
+        self.assertEqual(sorted(seen), sorted(f"q{k}" for k in range(3000)))
+
+    async def test_page_past_the_end_is_empty(self):
+        """When the offset is past the last queue, the page is empty."""
+        await self.fill(10)
+        self.assertEqual(await self.q.queue_id_page("sms", 10, 5), (10, []))
+        self.assertEqual(await self.q.queue_id_page("other", 0, 5), (0, []))

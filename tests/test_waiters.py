@@ -155,6 +155,43 @@ class WaitersTests(SynchronousTestCase):
         self.assertEqual((first, second, third, other), ([["j1", "j2"]], [["j3"]], [], []))
         self.assertEqual(self.queue.calls[-1][1:3], (1, None))
 
+    def test_full_answers_start_attempts_for_the_next_groups(self):
+        """When 1,000 clients wait and an attempt comes back with every job
+        it asked for, attempts for the next groups in line start at once, up
+        to PIPELINE in flight, and every client gets its own job, oldest
+        first; once one comes back short, no more start."""
+        from sharqd.queue.waiters import MAX_GROUP, PIPELINE
+        results = [self.wait()[1] for _ in range(1000)]
+        self.queue.answer([], None)  # the first waiter's own attempt
+        self.waiters.notify("sms")
+        self.assertEqual(self.queue.pending, 1)
+        self.queue.answer([f"j{k}" for k in range(MAX_GROUP)])
+        self.assertEqual(self.queue.pending, PIPELINE)
+        self.assertEqual([c[1] for c in self.queue.calls[-PIPELINE:]], [MAX_GROUP] * PIPELINE)
+        for group in range(1, 10):
+            self.queue.answer([f"j{k}" for k in range(group * MAX_GROUP,
+                                                     (group + 1) * MAX_GROUP)])
+        while self.queue.pending:
+            self.queue.answer([], None)
+        self.assertEqual(results, [[[f"j{k}"]] for k in range(1000)])
+        self.assertEqual(self.waiters.waiting(), 0)
+
+    def test_short_answer_stops_the_pipeline(self):
+        """When an attempt comes back with fewer jobs than asked, the
+        waiters it did not serve wait for the next notification."""
+        from sharqd.queue.waiters import MAX_GROUP
+        results = [self.wait()[1] for _ in range(2 * MAX_GROUP + 1)]
+        self.queue.answer([], None)
+        self.waiters.notify("sms")
+        self.queue.answer([f"j{k}" for k in range(MAX_GROUP)])  # full
+        self.queue.answer(["x"], None)  # short: nothing more was ready
+        self.queue.answer([], None)
+        self.assertEqual(self.queue.pending, 0)
+        self.assertEqual(results[MAX_GROUP], [["x"]])
+        self.assertEqual(self.waiters.waiting(), MAX_GROUP)
+        # only their timeouts are due: no re-check before a notification
+        self.assertEqual({c.getTime() for c in self.clock.getDelayedCalls()}, {30})
+
     def test_one_attempt_at_a_time(self):
         """When notifications arrive while an attempt is in flight, no second
         attempt starts; one more follows when it returns empty."""

@@ -57,9 +57,9 @@ class RecordingQueue:
         self._record("global_metrics")
         return ["sms"], Counts([60000, 120000], [1, 2], [0, 5], [0, 1], [0, 4])
 
-    async def queue_ids(self, queue_type):
-        self._record("queue_ids", queue_type)
-        return ["a", "b"]
+    async def queue_id_page(self, queue_type, offset, limit):
+        self._record("queue_id_page", queue_type, offset, limit)
+        return 2, ["b", "a"]
 
     async def dead_letter_length(self, queue_type):
         self._record("dead_letter_length", queue_type)
@@ -294,12 +294,32 @@ class RoutesTests(TestCase):
             "finish_counts": {"60000": 0, "120000": 4}}))
         self.assertEqual(await self.call("GET", "/metrics/sms/"),
                          (200, {"status": "success", "queue_ids": ["a", "b"],
-                                "dead_letter_length": 4}))
+                                "dead_letter_length": 4, "total": 2, "offset": 0,
+                                "limit": 1000}))
         self.assertEqual(await self.call("GET", "/metrics/sms/u1/"), (200, {
             "status": "success", "queue_length": 7, "enqueue_counts": {"60000": 4},
             "dequeue_counts": {"60000": 3}, "dead_letter_counts": {"60000": 2}}))
         self.assertFailure400(await self.call("GET", "/metrics/s%20/u1/"),
                               "`queue_type` has an invalid value.")
+
+    async def test_type_metrics_pages(self):
+        """When /metrics/<type>/ is given offset and limit, the queue asks for
+        that page; without them, for the first 1000 ids."""
+        await self.call("GET", "/metrics/sms/?offset=2000&limit=500")
+        await self.call("GET", "/metrics/sms/")
+        pages = [c for c in self.queue.calls if c[0] == "queue_id_page"]
+        self.assertEqual(pages, [("queue_id_page", "sms", 2000, 500),
+                                 ("queue_id_page", "sms", 0, 1000)])
+
+    async def test_type_metrics_paging_bounds(self):
+        """When offset or limit is out of bounds, /metrics/<type>/ answers
+        400 and asks the queue nothing."""
+        for query, name in [("offset=-1", "offset"), ("limit=0", "limit"),
+                            ("limit=10001", "limit"), ("offset=1e3", "offset")]:
+            status, body = await self.call("GET", f"/metrics/sms/?{query}")
+            self.assertEqual((status, body["message"]),
+                             (400, f"`{name}` has an invalid value."), query)
+        self.assertEqual(self.queue.calls, [])
 
     async def test_deepstatus(self):
         """When Redis answers, deepstatus is 200; when not, 503."""

@@ -5,12 +5,16 @@ Knows the queue and is told by a notification source (the subscription to the
 ready channels, see channels.py) when a type may have become ready earlier;
 no HTTP, no Redis connection here.
 
-Per type and process one dequeue attempt runs at a time, always on behalf of
-the oldest waiters (first come, first served): one script call takes jobs
-for the waiter at the front and those right behind it with the same lease
-(up to MAX_GROUP jobs), and hands them out in order.  Between attempts the type's
-waiters sleep until the earliest ready time the last attempt reported, or a
-notification, whichever comes first.  While the notification source is down,
+Per type and process, dequeue attempts run on behalf of the oldest waiters
+(first come, first served): one script call takes jobs for the waiter at the
+front and those right behind it with the same lease (up to MAX_GROUP jobs),
+and hands them out in order.  One attempt runs at a time while jobs trickle
+in; when an attempt comes back with every job it asked for, more are likely
+ready, and up to PIPELINE attempts (each for the next group in line) run at
+once, so that Redis takes the next group's jobs while this process answers
+the last group's clients (a burst of 1,000 jobs for 1,000 waiters).  Between
+attempts the type's waiters sleep until the earliest ready time the last
+attempt reported, or a notification, whichever comes first.  While the notification source is down,
 and after a failed attempt, they re-check every `fallback` seconds, so no
 waiter depends on a notification that may have been lost.
 """
@@ -27,6 +31,7 @@ from sharqd.errors import ShuttingDown, TypePaused
 FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
 MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
+PIPELINE = 4      # attempts in flight per type while every one comes back full
 
 
 class _Waiter:
@@ -44,13 +49,13 @@ class _Waiter:
 class _Line:
     """The waiters of one queue type, oldest first."""
 
-    __slots__ = ("queue_type", "waiters", "busy", "again", "timer", "error", "paused")
+    __slots__ = ("queue_type", "waiters", "inflight", "again", "timer", "error", "paused")
 
     def __init__(self, queue_type):
         self.queue_type = queue_type
         self.waiters = OrderedDict()  # _Waiter -> None
-        self.busy = False     # a dequeue attempt is in flight
-        self.again = False    # notified during that attempt: try once more
+        self.inflight = 0     # dequeue attempts in flight
+        self.again = False    # notified during an attempt: try once more
         self.timer = None     # the next re-check
         self.error = None     # the failure of the last attempt, if it failed
         self.paused = None    # the TypePaused failure while the type is paused
@@ -93,7 +98,7 @@ class Waiters(Service):
         line.waiters[waiter] = None
         # the others (if any) already know nothing is ready until their
         # timer or a notification: the newcomer joins them at the back
-        if len(line.waiters) == 1 and not line.busy:
+        if len(line.waiters) == 1 and not line.inflight:
             self._attempt(line)
         return waiter.d
 
@@ -108,7 +113,7 @@ class Waiters(Service):
         line = self._lines.get(queue_type)
         if line is None:
             return
-        if line.busy:
+        if line.inflight:
             line.again = True
         else:
             self._attempt(line)
@@ -121,32 +126,46 @@ class Waiters(Service):
         for line in list(self._lines.values()):
             self.notify(line.queue_type)
 
-    # ---- one attempt at a time per type
+    # ---- attempts per type: one at a time, up to PIPELINE in a burst
 
     def _attempt(self, line):
+        """Start an attempt for the oldest waiters no attempt serves yet;
+        False when there are none."""
         if line.timer is not None and line.timer.active():
             line.timer.cancel()
         line.timer = None
         if not line.waiters:
-            self._drop(line)
-            return
-        # the oldest waiter, and the ones right behind it with the same
-        # lease, as far as one script call may take jobs for them
-        group, wanted = [], 0
-        lease = next(iter(line.waiters)).lease
+            if not line.inflight:
+                self._drop(line)
+            return False
+        group, wanted, lease = self._front(line)
+        if not group:
+            return False
+        line.inflight += 1
+        line.again = False
+        d = ensureDeferred(self.queue.dequeue_many(line.queue_type, wanted, lease))
+        d.addBoth(self._attempted, line, group, lease, wanted)
+        return True
+
+    def _front(self, line):
+        """The oldest waiter not being served, and the ones right behind it
+        with the same lease, as far as one script call may take jobs for
+        them: (group, jobs wanted, lease)."""
+        group, wanted, lease = [], 0, None
         for waiter in line.waiters:
-            if waiter.lease != lease or (group and wanted + waiter.count > MAX_GROUP):
+            if waiter.serving:
+                continue
+            if not group:
+                lease = waiter.lease  # None: the default lease
+            elif waiter.lease != lease or wanted + waiter.count > MAX_GROUP:
                 break
             group.append(waiter)
             wanted += waiter.count
             waiter.serving = True
-        line.busy = True
-        line.again = False
-        d = ensureDeferred(self.queue.dequeue_many(line.queue_type, wanted, lease))
-        d.addBoth(self._attempted, line, group, lease)
+        return group, wanted, lease
 
-    def _attempted(self, result, line, group, lease):
-        line.busy = False
+    def _attempted(self, result, line, group, lease, wanted):
+        line.inflight -= 1
         for waiter in group:
             waiter.serving = False
         jobs, next_ms = [], None
@@ -164,24 +183,32 @@ class Waiters(Service):
             line.error = None
             jobs, next_ms = result
         if jobs:
-            self._hand_out(line, jobs, lease)
+            self._hand_out(line, group, jobs, lease)
         for waiter in group:
             if waiter.expired and waiter in line.waiters:
                 self._answer(line, waiter, [])
         if not line.waiters:
-            self._drop(line)
+            if not line.inflight:
+                self._drop(line)
+        elif len(jobs) == wanted:  # likely more ready: keep Redis busy
+            while line.inflight < PIPELINE and self._attempt(line):
+                pass
+        elif line.inflight:
+            pass  # the last attempt in flight decides what comes next
         elif jobs or line.again:
             self._attempt(line)
         else:
             self._sleep(line, next_ms)
 
-    def _hand_out(self, line, jobs, lease):
-        """Jobs to the waiters in order, each up to its count.  Those of a
-        client that hung up meanwhile go to the next in line."""
-        for waiter in list(line.waiters):
+    def _hand_out(self, line, group, jobs, lease):
+        """Jobs to the group's waiters in order, each up to its count.  Those
+        of a client that hung up meanwhile go to the next in line that no
+        other attempt serves."""
+        others = [w for w in line.waiters if w not in group and not w.serving]
+        for waiter in group + others:
             if not jobs:
                 return
-            if waiter.lease == lease:
+            if waiter.lease == lease and waiter in line.waiters:
                 mine, jobs = jobs[:waiter.count], jobs[waiter.count:]
                 self._answer(line, waiter, mine)
         if jobs:
@@ -218,7 +245,7 @@ class Waiters(Service):
             waiter.expired = True  # answered when the attempt returns
             return
         self._answer(line, waiter, [])
-        if not line.waiters and not line.busy:
+        if not line.waiters and not line.inflight:
             self._drop(line)
 
     def _gone(self, line, waiter):
@@ -226,7 +253,7 @@ class Waiters(Service):
         line.waiters.pop(waiter, None)
         if waiter.timeout.active():
             waiter.timeout.cancel()
-        if not line.waiters and not line.busy:
+        if not line.waiters and not line.inflight:
             self._drop(line)
 
     def _drop(self, line):
@@ -248,5 +275,5 @@ class Waiters(Service):
                     self._answer(line, waiter, [])
                 else:
                     waiter.expired = True
-            if not line.busy:
+            if not line.inflight:
                 self._drop(line)

@@ -210,11 +210,19 @@ class Api:
 
     @app.route("/metrics/<queue_type>/", methods=["GET"])
     async def type_metrics(self, request, queue_type):
+        """One page of the type's queue ids (?offset=&limit=, default the
+        first QUEUE_ID_PAGE): as the original's answer, plus the total and
+        the page's bounds."""
         validation.identifier("queue_type", queue_type)
-        ids = await self.queue.queue_ids(queue_type)
+        offset = validation.query_arg(request.args, "offset")
+        limit = validation.query_arg(request.args, "limit")
+        offset = 0 if offset is None else validation.offset_arg(offset)
+        limit = QUEUE_ID_PAGE if limit is None else validation.queue_id_limit_arg(limit)
+        total, ids = await self.queue.queue_id_page(queue_type, offset, limit)
         dead = await self.queue.dead_letter_length(queue_type)
-        return answer(request, 200, {"status": "success", "queue_ids": ids,
-                                     "dead_letter_length": dead})
+        return answer(request, 200, {"status": "success", "queue_ids": sorted(ids),
+                                     "dead_letter_length": dead, "total": total,
+                                     "offset": offset, "limit": limit})
 
     @app.route("/metrics/<queue_type>/<queue_id>/", methods=["GET"])
     async def queue_metrics(self, request, queue_type, queue_id):
@@ -474,6 +482,7 @@ def _no_policy(queue_type, queue_id):
 
 
 DEAD_LETTER_PAGE = 100
+QUEUE_ID_PAGE = 1000
 TOP_QUEUES = 50
 
 

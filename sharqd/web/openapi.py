@@ -219,11 +219,20 @@ PATHS = {
                 status=_const("success"),
                 queue_types={"type": "array", "items": IDENTIFIER},
                 finish_counts=PER_MINUTE, **COUNTS))}, tag="metrics")},
-    "/metrics/{queue_type}/": {"get": _op("Queue ids of a type", {"200": _json(
-        "The ids with pending or active jobs.",
-        _object(["status", "queue_ids", "dead_letter_length"], status=_const("success"),
-                queue_ids={"type": "array", "items": IDENTIFIER},
-                dead_letter_length=COUNT))}, _path("queue_type"), tag="metrics")},
+    "/metrics/{queue_type}/": {"get": _op("Queue ids of a type, a page at a time", {
+        "200": _json(
+            "A page of the ids with pending or active jobs, and how many there are.",
+            _object(["status", "queue_ids", "dead_letter_length", "total", "offset",
+                     "limit"], status=_const("success"),
+                    queue_ids={"type": "array", "items": IDENTIFIER},
+                    dead_letter_length=COUNT, total=COUNT, offset=COUNT,
+                    limit={"type": "integer", "minimum": 1}))},
+        _path("queue_type") + [
+            _query("offset", {"type": "integer", "minimum": 0, "maximum": 10**9},
+                   "Queue ids to skip."),
+            _query("limit", {"type": "integer", "minimum": 1,
+                             "maximum": v.MAX_QUEUE_ID_PAGE},
+                   "Page size (default 1000).")], tag="metrics")},
     "/metrics/{queue_type}/{queue_id}/": {"get": _op("A queue's length and counts", {
         "200": _json("Pending jobs and counts of the last 10 minutes.", _object(
             ["status", "queue_length", *COUNTS], status=_const("success"),

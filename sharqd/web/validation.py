@@ -143,6 +143,7 @@ MAX_COUNT = 100
 MAX_LEASE = 86_400_000
 MAX_BATCH = 1000
 MAX_PAGE = 1000
+MAX_QUEUE_ID_PAGE = 10000
 # plain decimal numbers only: int() and float() would also take "1_0",
 # " 5", "1e1", "inf" and non-ASCII digits
 _DIGITS = re.compile(r"[0-9]{1,16}")
@@ -187,6 +188,10 @@ def offset_arg(text):
 
 def limit_arg(text):
     return _whole("limit", text, 1, MAX_PAGE)
+
+
+def queue_id_limit_arg(text):
+    return _whole("limit", text, 1, MAX_QUEUE_ID_PAGE)
 
 
 def lease_field(body):

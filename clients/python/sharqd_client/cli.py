@@ -132,7 +132,9 @@ def types(ctx):
     rows = []
     for qtype in ctx.client.metrics()["queue_types"]:
         info = ctx.client.metrics(qtype)
-        rows.append({"queue_type": qtype, "queues": len(info["queue_ids"]),
+        # "total": servers that page the ids; older ones list them all
+        rows.append({"queue_type": qtype,
+                     "queues": info.get("total", len(info["queue_ids"])),
                      "dead_letters": info.get("dead_letter_length", 0)})
 
     def render():
@@ -144,10 +146,21 @@ def types(ctx):
     emit(ctx, rows, render)
 
 
+def _all_queue_ids(client, qtype):
+    """Every queue id of a type, page by page (a server that does not page
+    answers them all at once, without a `total`)."""
+    ids = []
+    while True:
+        page = client.metrics(qtype, offset=len(ids) or None)
+        ids.extend(page["queue_ids"])
+        if not page["queue_ids"] or len(ids) >= page.get("total", 0):
+            return ids
+
+
 def _queues_from_metrics(ctx, qtype):
     """Pending jobs of each queue of a type, one /metrics/ call per queue (for
     servers without GET /queues/TYPE/)."""
-    ids = ctx.client.metrics(qtype)["queue_ids"]
+    ids = _all_queue_ids(ctx.client, qtype)
     rows = []
     with progress_bar(disable=len(ids) < 50) as bar:
         task = bar.add_task(f"reading {len(ids)} queues", total=len(ids))
@@ -261,7 +274,9 @@ def _snapshot(client):
     rows = []
     for qtype in overview["queue_types"]:
         info = client.metrics(qtype)
-        rows.append({"queue_type": qtype, "queues": len(info["queue_ids"]),
+        # "total": servers that page the ids; older ones list them all
+        rows.append({"queue_type": qtype,
+                     "queues": info.get("total", len(info["queue_ids"])),
                      "dead_letters": info.get("dead_letter_length", 0)})
     return {"time": int(time.time() * 1000), "types": rows,
             "enqueued_this_minute": overview["enqueue_counts"].get(minute, 0),

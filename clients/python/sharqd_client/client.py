@@ -278,11 +278,14 @@ class _Api:
                                      body={"interval": interval}, idempotent=True,
                                      ok=lambda b: None))
 
-    def metrics(self, queue_type=None, queue_id=None):
-        """The answer of /metrics/, /metrics/TYPE/ or /metrics/TYPE/QUEUE/."""
+    def metrics(self, queue_type=None, queue_id=None, offset=None, limit=None):
+        """The answer of /metrics/, /metrics/TYPE/ or /metrics/TYPE/QUEUE/.
+        /metrics/TYPE/ lists one page of queue ids (`offset`, `limit`;
+        the server's default: the first 1000), with their `total`."""
         segments = ["metrics"] + [s for s in (queue_type, queue_id) if s is not None]
+        params = {k: v for k, v in (("offset", offset), ("limit", limit)) if v is not None}
         return self._send_call(_Call("GET", _path(*segments), idempotent=True,
-                                     ok=_without_status))
+                                     params=params or None, ok=_without_status))
 
     def delete_queue(self, queue_type, queue_id, purge_all=False):
         """Remove a queue's pending jobs (with `purge_all` its active jobs

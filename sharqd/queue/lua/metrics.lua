@@ -1,9 +1,10 @@
--- ARGV[5] "counts" | "idle" | "type" | "queue", [6] queue_id for "queue".
+-- ARGV[5] "counts" | "idle" | "queue", [6] queue_id for "queue".  (The
+-- queue ids of a type are read with SSCAN, in pages: see
+-- Queue.queue_id_page.)
 -- counts: {number of queues, minutes, enqueued, dequeued, dead, finished}
 --         of the type (GET /metrics/ adds up the types of the registry)
 -- idle:   1 when the type has no queue and no count in the last 11
 --         minutes (it may leave the registry), else 0
--- type:   {queue ids}
 -- queue:  {pending length, minutes, enqueued, dequeued, dead}
 local function counts(prefix)
   local minutes, enqueued, dequeued, dead, finished = {}, {}, {}, {}, {}
@@ -30,8 +31,6 @@ elseif scope == 'idle' then
     if redis.call('EXISTS', BASE .. ':counts:' .. (MINUTE - i * 60000)) == 1 then return 0 end
   end
   return 1
-elseif scope == 'type' then
-  return redis.call('SMEMBERS', K_QUEUES)
 else
   local qid = ARGV[6]
   local m, e, d, x = counts(BASE .. ':stats:' .. qid .. ':')
