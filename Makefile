@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-observability soak bench-instructions bench-policy deb deb-check
+.PHONY: run test bench bench-extensions bench-observability soak bench-instructions bench-policy bench-cluster deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -26,6 +26,13 @@ bench-extensions:
 	./scripts/setup.sh
 	.venv/bin/python bench/longpoll.py
 	.venv/bin/python bench/batch_enqueue.py
+
+# sharqd on one Redis vs a Redis Cluster of 1 and 3 shards (60 queue
+# types), and the cost of [redis] wait_replicas; writes
+# bench/RESULTS-cluster.md (about 3 minutes).
+bench-cluster:
+	./scripts/setup.sh wrk
+	.venv/bin/python bench/cluster.py --twistd .venv/bin/twistd
 
 # Redis time per dequeue with 1, 1,000 and 100,000 queues, half of them
 # paused or at their max_active cap (bench/policy_scale.py); a few minutes.

@@ -33,15 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 OPS = ("enqueue", "dequeue", "finish")
 
 
-def start_sharqd(twistd, tmp, redis_port):
+def start_sharqd(twistd, tmp, redis_port, redis_lines=None):
     port = free_port()
     conf = tmp / "sharqd.ini"
     # a long requeue period keeps the timer's instructions out of the counts
     conf.write_text(
         "[sharq]\njob_expire_interval : 600000\njob_requeue_interval : 600000\n"
         f"[sharq-server]\nhost : 127.0.0.1\nport : {port}\nworkers : 1\n"
-        f"[redis]\nhost : 127.0.0.1\nport : {redis_port}\ndb : 0\n"
-        "key_prefix : sharq_server\n")
+        "[redis]\n" + (redis_lines or f"host : 127.0.0.1\nport : {redis_port}\ndb : 0\n")
+        + "key_prefix : sharq_server\n")
     out = tmp / "callgrind.out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(tmp / "sharqd.log", "wb")
@@ -113,15 +113,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=300, help="requests per operation")
     ap.add_argument("--twistd", default=str(ROOT / ".venv" / "bin" / "twistd"))
+    ap.add_argument("--cluster", action="store_true",
+                    help="on a Redis Cluster of 3 masters (clustered = true)")
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind (apt-get install valgrind)")
     tmp = Path(tempfile.mkdtemp(prefix="sharqd-instr-"))
     redis = RedisServer(shutil.which("redis-server"), tmp)
+    cluster, lines = None, None
+    if args.cluster:
+        sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+        from support import RedisCluster
+        cluster = RedisCluster(masters=3, replicas=0).start()
+        lines = cluster.config_lines()
     proc = None
     ok = False
     try:
-        proc, conn = start_sharqd(os.path.abspath(args.twistd), tmp, redis.port)
+        proc, conn = start_sharqd(os.path.abspath(args.twistd), tmp, redis.port, lines)
         for op, action in run_ops(conn, 50, "warm"):  # warm caches and scripts
             action()
         results = {}
@@ -134,6 +142,8 @@ def main():
         if proc is not None:
             stop_group(proc, "sharqd", grace=30)
         redis.stop()
+        if cluster is not None:
+            cluster.cleanup()
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -57,6 +57,9 @@ class RedisSection:
     password: str = ""
     clustered: bool = False
     timeout: float = 2.0
+    startup_nodes: tuple = ()  # ((host, port), ...) besides host:port, clustered only
+    wait_replicas: int = 0  # WAIT for this many replicas after an enqueue or finish
+    wait_timeout: int = 100  # ms WAIT may take
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,18 @@ def _routes(text):
     return routes
 
 
+def _host_ports(text):
+    """"host:port, host:port" -> ((host, port), ...)."""
+    nodes = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, sep, port = item.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port; give a comma-separated "
+                             f"list of host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return tuple(nodes)
+
+
 def _key_prefix(text):
     # the prefix becomes part of every key and of the cluster hash tags
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", text):
@@ -201,6 +216,9 @@ _REDIS_KEYS = {
     "password": _text,
     "clustered": _boolean,
     "timeout": _positive_seconds,
+    "startup_nodes": _host_ports,
+    "wait_replicas": _int_between(0, 100),
+    "wait_timeout": _int_between(1, 60000),
 }
 _AUTH_KEYS = {
     "tokens_file": _text,
@@ -259,7 +277,12 @@ def _check_redis(redis, reader):
     if redis.conn_type == "unix_sock" and not redis.unix_socket_path:
         reader.fail("redis", "unix_socket_path", "",
                     "is required when conn_type is unix_sock")
-    if redis.clustered:
-        reader.fail("redis", "clustered", "true",
-                    "Redis Cluster is not supported yet; point sharqd at one "
-                    "Redis server and set clustered = false")
+    if not redis.clustered:
+        return
+    if redis.db != 0:
+        reader.fail("redis", "db", str(redis.db),
+                    "Redis Cluster has only db 0; remove db or set it to 0")
+    if redis.conn_type == "unix_sock":
+        reader.fail("redis", "conn_type", "unix_sock",
+                    "a Redis Cluster is reached over TCP; set conn_type = tcp_sock "
+                    "with host and port (and startup_nodes)")

@@ -25,6 +25,7 @@ from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite, raise_fd
 from sharqd.web.tls import ReloadableTLS, parse_ssl
 from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.queue.operations import Queue
+from sharqd.redis.cluster import ClusterService, ClusterSubscription
 from sharqd.redis.connection import RedisService, Subscription
 from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
@@ -199,6 +200,23 @@ def is_private(where):
         return interface == "localhost"
 
 
+def make_queue(config, reactor):
+    """The Queue over one Redis or a Redis Cluster, and the service that
+    owns its connections.  Single Redis: execute goes straight to the
+    pool, as before."""
+    if config.redis.clustered:
+        redis = ClusterService(config.redis, reactor=reactor)
+        masters = redis.masters
+    else:
+        redis = RedisService(config.redis, reactor=reactor)
+        masters = None
+    durable = redis.execute_durable if config.redis.wait_replicas else None
+    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
+                  dead_letter_limit=config.sharq.dead_letter_limit, masters=masters,
+                  durable=durable)
+    return queue, redis
+
+
 def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
@@ -217,16 +235,16 @@ def makeService(options, reactor=None):
         top.log_observer = json_observer(getattr(options, "parent", None) or {})
     hangup = HangupService(reactor)
     hangup.setServiceParent(top)
-    redis = RedisService(config.redis)
+    queue, redis = make_queue(config, reactor)
     redis.setServiceParent(top)
-    queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
-                  dead_letter_limit=config.sharq.dead_letter_limit)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     # each waiter holds a connection: more waiters than connections cannot be
     waiters = Waiters(queue, reactor, max_waiters=min(server.max_waiters, max_connections))
     prefix = config.redis.key_prefix
-    Subscription(config.redis, ready_pattern(prefix), ready_listener(prefix, waiters.notify),
-                 waiters.subscribed, reactor=reactor).setServiceParent(top)
+    subscription = ClusterSubscription if config.redis.clustered else Subscription
+    subscription(redis if config.redis.clustered else config.redis, ready_pattern(prefix),
+                 ready_listener(prefix, waiters.notify), waiters.subscribed,
+                 reactor=reactor).setServiceParent(top)
 
     metrics = ProcessMetrics(waiters.waiting)
     redis.on_error = metrics.redis_error

@@ -9,6 +9,7 @@ import atexit
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from sharqd.config import RedisSection
 from sharqd.queue.operations import Queue
 from sharqd.queue.channels import ready_listener, ready_pattern
 from sharqd.redis.connection import RedisService, Subscription
+from sharqd.redis.resp import encode_command
 
 import processes
 from processes import free_port, wait_for  # noqa: F401 (the tests' names)
@@ -31,6 +33,25 @@ from processes import free_port, wait_for  # noqa: F401 (the tests' names)
 class RedisServer(processes.RedisServer):
     """A redis-server of our own (tests/processes.py), and the [redis]
     config section that reaches it."""
+
+    def kill(self):
+        """SIGKILL: the node dies as in a crash."""
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def info(self, *args):
+        """A command whose answer is one bulk string (INFO, CLUSTER INFO,
+        CLUSTER NODES), as text."""
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(encode_command(args))
+            data = b""
+            while True:
+                data += s.recv(65536)
+                head, sep, rest = data.partition(b"\r\n")
+                if sep and (head[:1] != b"$" or len(rest) >= int(head[1:]) + 2):
+                    break
+            return rest[:int(head[1:])].decode() if head[:1] == b"$" else head.decode()
 
     def section(self, unix=False, **overrides):
         if self.password:
@@ -41,7 +62,174 @@ class RedisServer(processes.RedisServer):
         return RedisSection(port=self.port, **overrides)
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port > 55000:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+def resp_command(port, *args, timeout=10):
+    """One command to the Redis on port; its reply decoded (bytes, int,
+    list, None; an error reply as RuntimeError)."""
+    with socket.create_connection(("127.0.0.1", port), timeout) as s:
+        s.sendall(encode_command(args))
+        return _read_reply(s.makefile("rb"))
+
+
+def _read_reply(f):
+    line = f.readline()[:-2]
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = f.read(int(rest) + 2)
+        return data[:-2]
+    if kind == b"*":
+        return None if int(rest) < 0 else [_read_reply(f) for _ in range(int(rest))]
+    raise RuntimeError(f"unexpected reply {line!r}")
+
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+class RedisCluster:
+    """A Redis Cluster of our own: 3 masters and 3 replicas on free
+    loopback ports, each node in its own temporary folder."""
+
+    def __init__(self, masters=3, replicas=1, node_timeout=2000, appendonly=False):
+        self.node_timeout = node_timeout
+        self.replicas = replicas
+        self.nodes = [RedisServer(appendonly=appendonly, port=free_cluster_port(), options=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout)])
+            for _ in range(masters * (1 + replicas))]
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+        if len(self.nodes) == 1:  # redis-cli creates clusters of 3 masters or more
+            resp_command(self.nodes[0].port, "CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            self.wait_ok()
+            return self
+        subprocess.run([REDIS_CLI, "--cluster", "create",
+                        *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                        "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        self.wait_ok()
+        return self
+
+    def node(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def running(self):
+        return [n for n in self.nodes if n.process is not None]
+
+    def wait_ok(self, timeout=30):
+        """Until every running node says cluster_state:ok and agrees on
+        which nodes are masters with slots."""
+        def ok():
+            try:
+                views = {tuple(sorted(self.masters_seen_by(n))) for n in self.running()}
+                synced = all("master_link_status:up" in n.info("INFO", "replication")
+                             for n in self.running()
+                             if "role:slave" in n.info("INFO", "replication"))
+                return all("cluster_state:ok" in n.info("CLUSTER", "INFO")
+                           for n in self.running()) and len(views) == 1 and synced
+            except OSError:
+                return False
+        wait_for(ok, timeout, step=0.1)
+
+    def masters_seen_by(self, node):
+        """Ports of the masters holding slots, as node sees them."""
+        ports = []
+        for line in node.info("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2] and len(fields) > 8:
+                ports.append(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return ports
+
+    def masters(self):
+        return [self.node(p) for p in self.masters_seen_by(self.running()[0])]
+
+    def master_of(self, slot):
+        for line in self.running()[0].info("CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for part in fields[8:]:
+                if part.startswith("["):
+                    continue
+                start, _, end = part.partition("-")
+                if int(start) <= slot <= int(end or start):
+                    return self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        return None
+
+    def node_id(self, node):
+        return resp_command(node.port, "CLUSTER", "MYID").decode()
+
+    def move_slot(self, slot, target, step=10, pause=0.02):
+        """Migrate a slot to the master target as `redis-cli --cluster
+        reshard` does: IMPORTING/MIGRATING, MIGRATE step keys at a time
+        (pause s apart, so traffic runs meanwhile), then SETSLOT NODE."""
+        source = self.master_of(slot)
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        resp_command(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        resp_command(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while True:
+            keys = resp_command(source.port, "CLUSTER", "GETKEYSINSLOT", slot, step)
+            if not keys:
+                break
+            resp_command(source.port, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000,
+                         "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause)  # the migration's own pace, not a wait for a condition
+        for node in [target, source] + [m for m in self.masters() if m not in (source, target)]:
+            resp_command(node.port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return source, moved
+
+    def section(self, **overrides):
+        first = self.nodes[0]
+        others = tuple(("127.0.0.1", n.port) for n in self.nodes[1:3])
+        return RedisSection(port=first.port, clustered=True, startup_nodes=others,
+                            **overrides)
+
+    def config_lines(self):
+        return (f"host : 127.0.0.1\nport : {self.nodes[0].port}\nclustered : true\n"
+                f"startup_nodes : " + ", ".join(f"127.0.0.1:{n.port}" for n in self.nodes[1:3])
+                + "\n")
+
+    def cleanup(self):
+        for node in self.nodes:
+            node.cleanup()
+
+
 _shared = None
+_shared_cluster = None
+
+
+def shared_cluster():
+    """One Redis Cluster for the whole test run (started on first use, in
+    about two seconds); tests use unique key prefixes."""
+    global _shared_cluster
+    if _shared_cluster is None:
+        _shared_cluster = RedisCluster().start()
+        atexit.register(_shared_cluster.cleanup)
+    return _shared_cluster
 
 
 def shared_redis():
@@ -165,11 +353,48 @@ class FakeClock:
         self.now += seconds
 
 
-async def make_queue(testcase, unix=False, expire_ms=1000):
-    """A Queue on the shared Redis, with its own key prefix and a fake clock."""
-    service = await connected_service(testcase, shared_redis().section(unix=unix))
+async def connected_cluster(testcase, section):
+    """A started ClusterService with its slot map and a live connection to
+    every master, stopped at cleanup."""
+    from sharqd.redis.cluster import ClusterService
+    service = ClusterService(section)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    await wait_until(lambda: service.masters() and
+                     all(p.live for p in service.pools.values()))
+    return service
+
+
+def cluster_subscription(testcase, prefix, listener):
+    """The ready subscription on the shared cluster, as tap.py makes it,
+    started on a replica: PUBLISH on a master reaches it through the
+    cluster bus."""
+    from sharqd.redis.cluster import ClusterService, ClusterSubscription
+    cluster = shared_cluster()
+    replica = next(n for n in cluster.running() if n not in cluster.masters())
+    seeds = ClusterService(RedisSection(port=replica.port, clustered=True))
+    return ClusterSubscription(seeds, ready_pattern(prefix),
+                               ready_listener(prefix, listener.notify), listener.subscribed)
+
+
+async def make_queue(testcase, unix=False, expire_ms=1000, cluster=False):
+    """A Queue on the shared Redis (or the shared cluster), with its own key
+    prefix and a fake clock."""
     clock = FakeClock()
+    if cluster:
+        service = await connected_cluster(testcase, shared_cluster().section())
+        return Queue(service.execute, unique_prefix(), expire_ms, clock=clock,
+                     masters=service.masters), clock
+    service = await connected_service(testcase, shared_redis().section(unix=unix))
     return Queue(service.execute, unique_prefix(), expire_ms, clock=clock), clock
+
+
+async def all_keys(queue, pattern="*"):
+    """KEYS of the queue's prefix on every master, sorted."""
+    keys = []
+    for execute in queue.masters():
+        keys += await execute(b"KEYS", f"{queue.prefix}:{pattern}")
+    return sorted(keys)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

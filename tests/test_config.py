@@ -131,7 +131,10 @@ def test_not_ini_is_one_line(tmp_path):
     ("redis", "port", "0"),
     ("redis", "conn_type", "udp_sock"),
     ("redis", "clustered", "maybe"),
-    ("redis", "clustered", "true"),
+    ("redis", "startup_nodes", "10.0.0.1"),
+    ("redis", "startup_nodes", "10.0.0.1:7000, b:port"),
+    ("redis", "wait_replicas", "-1"),
+    ("redis", "wait_timeout", "0"),
     ("redis", "timeout", "0"),
     ("redis", "key_prefix", "has space"),
 ])
@@ -143,6 +146,30 @@ def test_bad_value_names_file_section_key_value(tmp_path, section, key, value):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: [{section}] {key} = {value!r}: ")
+
+
+def test_clustered_reads_startup_nodes(tmp_path):
+    """When clustered is true, startup_nodes is a list of host:port seeds
+    besides host and port, and wait_replicas/wait_timeout are read."""
+    path = write(tmp_path, "[redis]\nclustered : true\nport : 7000\n"
+                 "startup_nodes : 10.0.0.2:7001, [::1]:7002\n"
+                 "wait_replicas : 1\nwait_timeout : 250\n")
+    redis = Config.from_file(path).redis
+    assert redis.clustered and redis.port == 7000
+    assert redis.startup_nodes == (("10.0.0.2", 7001), ("::1", 7002))
+    assert (redis.wait_replicas, redis.wait_timeout) == (1, 250)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("clustered : true\ndb : 2\n", "[redis] db = '2'"),
+    ("clustered : true\nconn_type : unix_sock\nunix_socket_path : /tmp/r.sock\n",
+     "[redis] conn_type = 'unix_sock'"),
+])
+def test_clustered_refuses_db_and_unix_socket(tmp_path, text, key):
+    """When clustered is true with a db other than 0 or a unix socket,
+    startup is refused with one line naming the key."""
+    message = error_of(tmp_path, "[redis]\n" + text)
+    assert key in message and "\n" not in message
 
 
 def test_unix_sock_needs_a_path(tmp_path):

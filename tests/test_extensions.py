@@ -1,5 +1,6 @@
 """
-The API extensions at the queue level, on a real redis-server: batches,
+The API extensions at the queue level, on a real redis-server and on a real
+Redis Cluster (each class again with cluster = True): batches,
 leases, dead letters and the ready notifications of the long-poll.  Time is
 the fake clock handed to the scripts, as in test_queue.py.
 """
@@ -10,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from sharqd.errors import Conflict, NotFound, QueueFull
 from sharqd.queue.operations import BatchJob, Queue
-from support import (Recorder, make_queue, ready_subscription, shared_redis, unique_prefix,
+from support import (Recorder, all_keys, cluster_subscription, make_queue, ready_subscription, shared_redis, unique_prefix,
                      wait_until)
 
 
@@ -28,7 +29,7 @@ async def dump(queue):
     whether it expires."""
     read = {b"hash": "HGETALL", b"list": "LRANGE", b"set": "SMEMBERS",
             b"zset": "ZRANGE", b"string": "GET"}
-    keys = await queue.execute(b"KEYS", queue.prefix + ":*")
+    keys = await all_keys(queue)
     state = {}
     for key in keys:
         kind = await queue.execute(b"TYPE", key)
@@ -42,9 +43,10 @@ async def dump(queue):
 
 
 class Batches(TestCase):
+    cluster = False
 
     async def setUp(self):
-        self.q, self.clock = await make_queue(self)
+        self.q, self.clock = await make_queue(self, cluster=self.cluster)
 
     async def ids(self, count, qtype="sms"):
         jobs, _ = await self.q.dequeue_many(qtype, count)
@@ -74,7 +76,8 @@ class Batches(TestCase):
     async def test_enqueue_many_leaves_what_single_enqueues_leave(self):
         """When a batch is enqueued, Redis holds exactly what the same jobs
         enqueued one by one, in order, leave: keys, values, expiries."""
-        single = Queue(self.q.execute, unique_prefix(), 1000, clock=self.clock)
+        single = Queue(self.q.execute, unique_prefix(), 1000, clock=self.clock,
+                       masters=self.q.masters)
         for q in (self.q, single):  # an override that later intervals keep (R6)
             await q.enqueue("sms", "q3", "seed", 100, b"{}", -1)
             await q.set_interval("sms", "q3", 5000)
@@ -154,9 +157,10 @@ class Batches(TestCase):
 
 
 class Leases(TestCase):
+    cluster = False
 
     async def setUp(self):
-        self.q, self.clock = await make_queue(self, expire_ms=1000)
+        self.q, self.clock = await make_queue(self, expire_ms=1000, cluster=self.cluster)
         await self.q.enqueue("sms", "q1", "a", 0, b"{}", -1)
 
     async def test_touch_moves_the_deadline(self):
@@ -192,9 +196,10 @@ class Leases(TestCase):
 
 
 class DeadLetters(TestCase):
+    cluster = False
 
     async def setUp(self):
-        self.q, self.clock = await make_queue(self, expire_ms=1000)
+        self.q, self.clock = await make_queue(self, expire_ms=1000, cluster=self.cluster)
 
     async def kill(self, job_id, queue_id="q1", limit=0, value=None):
         """Enqueue a job and let it expire until its budget is spent."""
@@ -321,7 +326,7 @@ class DeadLetters(TestCase):
     async def test_dead_letter_keys_share_the_type_hash_tag(self):
         """When jobs die, every dead-letter key carries the type's hash tag."""
         await self.kill("a")
-        keys = await self.q.execute(b"KEYS", f"{self.q.prefix}:*dead*")
+        keys = await all_keys(self.q, "*dead*")
         self.assertTrue(keys)
         for key in keys:
             self.assertTrue(key.decode().startswith(f"{self.q.prefix}:{{sms}}:"), key)
@@ -331,10 +336,17 @@ class ReadyNotifications(TestCase):
     """What the scripts PUBLISH for the long-poll waiters, heard through a
     real subscription."""
 
+    cluster = False
+
     async def setUp(self):
-        self.q, self.clock = await make_queue(self)
+        self.q, self.clock = await make_queue(self, cluster=self.cluster)
         self.recorder = Recorder()
-        self.notify = ready_subscription(shared_redis().section(), self.q.prefix, self.recorder)
+        if self.cluster:
+            # on a cluster node other than the one of any type used here
+            self.notify = cluster_subscription(self, self.q.prefix, self.recorder)
+        else:
+            self.notify = ready_subscription(shared_redis().section(), self.q.prefix,
+                                             self.recorder)
         self.notify.startService()
         self.addCleanup(self.notify.stopService)
         await wait_until(lambda: self.recorder.states == [True])
@@ -342,9 +354,13 @@ class ReadyNotifications(TestCase):
     async def _sync(self):
         """Publish a marker and wait for it: everything published before it
         has been heard by then."""
+        # from every master: on a cluster each node's messages reach the
+        # subscriber in order, but not in order with other nodes' messages
         seen = self.recorder.heard.count("marker")
-        await self.q.execute(b"PUBLISH", f"{self.q.prefix}:{{marker}}:ready", b"0")
-        await wait_until(lambda: self.recorder.heard.count("marker") > seen)
+        masters = self.q.masters()
+        for execute in masters:
+            await execute(b"PUBLISH", f"{self.q.prefix}:{{marker}}:ready", b"0")
+        await wait_until(lambda: self.recorder.heard.count("marker") >= seen + len(masters))
 
     async def published(self, action):
         """The types notified while action ran."""
@@ -392,3 +408,19 @@ class ReadyNotifications(TestCase):
         heard = await self.published(lambda: self.q.enqueue_many(
             "email", [job("x"), job("y", queue_id="q2")]))
         self.assertEqual(heard, ["email"])
+
+
+class BatchesCluster(Batches):
+    cluster = True
+
+
+class LeasesCluster(Leases):
+    cluster = True
+
+
+class DeadLettersCluster(DeadLetters):
+    cluster = True
+
+
+class ReadyNotificationsCluster(ReadyNotifications):
+    cluster = True

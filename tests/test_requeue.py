@@ -17,23 +17,20 @@ class ScriptedQueue:
     """Stands in for Queue in timer tests: counts passes, can fail or stall."""
 
     def __init__(self):
-        self.locks = 0
+        self.locks = 0  # passes started
         self.fail = False
         self.stall = None
 
-    async def lock(self, token, ttl):
+    async def registered_types(self):
         self.locks += 1
         if self.fail:
             raise self.fail
         if self.stall is not None:
             await self.stall
-        return True
-
-    async def unlock(self, token):
-        return True
-
-    async def queue_types(self):
         return []
+
+    async def forget_if_idle(self, queue_type):
+        return False
 
 
 class TimerTests(TestCase):
@@ -123,15 +120,51 @@ class PassTests(TestCase):
         self.assertEqual(await service.run_pass(), 0)
         self.assertIsNotNone(await self.q.dequeue("sms"))
 
-    async def test_lock_lets_one_process_pass_at_a_time(self):
-        """When another sharqd holds the requeue lock, this one skips its pass;
-        once the holder releases it, this one runs."""
+    async def test_lock_lets_one_process_pass_a_type_at_a_time(self):
+        """When another sharqd holds a type's requeue lock, this one skips
+        that type and passes the others; once the holder releases it, this
+        one passes it too."""
         await self.fill_active(5)
+        await self.fill_active(3, qtype="email")
         self.clock.advance(2)
         holder = RequeueService(self.q, 1000, Clock())
         other = RequeueService(self.q, 1000, Clock())
-        self.assertTrue(await self.q.lock(holder.token, 10000))
-        self.assertEqual(await other.run_pass(), 0)
-        self.assertTrue(await self.q.unlock(holder.token))
-        self.assertFalse(await self.q.unlock(holder.token))
+        self.assertTrue(await self.q.lock("sms", holder.token, 10000))
+        self.assertEqual(await other.run_pass(), 3)
+        self.assertTrue(await self.q.unlock("sms", holder.token))
+        self.assertFalse(await self.q.unlock("sms", holder.token))
         self.assertEqual(await other.run_pass(), 5)
+
+    async def test_busy_type_does_not_hold_up_another(self):
+        """When one type has many expired jobs, every type gets a batch in
+        the pass's first round."""
+        await self.fill_active(120)
+        await self.fill_active(3, qtype="email")
+        self.clock.advance(2)
+        service = RequeueService(self.q, 1000, Clock(), batch=10)
+        order = []
+        requeue = self.q.requeue
+
+        async def watched(queue_type, batch):
+            order.append(queue_type)
+            return await requeue(queue_type, batch)
+        self.q.requeue = watched
+        self.assertEqual(await service.run_pass(), 123)
+        self.assertEqual(sorted(order[:2]), ["email", "sms"])
+
+    async def test_idle_type_leaves_the_registry(self):
+        """When a type has had no job for 11 minutes and was not registered
+        for FORGET_AFTER, it leaves the registry; a type with jobs stays."""
+        await self.q.enqueue("sms", "q1", "a", 0, b"{}", -1)
+        await self.q.enqueue("email", "q1", "b", 0, b"{}", -1)
+        job = await self.q.dequeue("sms")
+        await self.q.finish("sms", "q1", job.job_id)
+        self.assertEqual(await self.q.registered_types(), ["email", "sms"])
+        self.clock.advance(5)
+        self.assertFalse(await self.q.forget_if_idle("sms"))  # registered lately
+        self.clock.advance(901)
+        self.assertTrue(await self.q.forget_if_idle("sms"))
+        self.assertFalse(await self.q.forget_if_idle("email"))
+        self.assertEqual(await self.q.registered_types(), ["email"])
+        await self.q.enqueue("sms", "q1", "c", 0, b"{}", -1)
+        self.assertEqual(await self.q.registered_types(), ["email", "sms"])

@@ -4,6 +4,7 @@ function.  Inputs are already validated; results are plain Python values.
 """
 
 import heapq
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import NamedTuple, Optional
@@ -29,6 +30,17 @@ SCRIPTS = {name: load_script(name) for name in (
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
     "deadletters", "policy", "explain", "stats", "topqueues")}
 LOCK = load_script("lock", shared=False)
+PRUNE = load_script("prune", shared=False)
+
+# The registry of queue types (`<prefix>:registry`, a zset type -> epoch s)
+# is what the requeue pass and GET /metrics/ go through: no script touches
+# a key outside its type's hash slot, so sharqd writes it itself, before a
+# type's first enqueue and then at most every REGISTER_EVERY s per process.
+# A type leaves it once idle (no queue, no count in 11 minutes) and not
+# registered for FORGET_AFTER s, which is far longer than REGISTER_EVERY:
+# a process about to enqueue has registered the type within REGISTER_EVERY.
+REGISTER_EVERY = 60
+FORGET_AFTER = 900
 
 # Members of a type's queue set one SSCAN reads: well under 1 ms of Redis
 # time, and few round trips to reach a deep offset.
@@ -101,6 +113,14 @@ class QueueRow:
 
 async def _gather(deferreds):
     """Their results in order, or the first failure itself (503, ...)."""
+    try:
+        return await gatherResults(deferreds, consumeErrors=True)
+    except FirstError as e:
+        e.subFailure.raiseException()
+
+
+async def _all(deferreds):
+    """The results of all, or the first failure as it was raised."""
     try:
         return await gatherResults(deferreds, consumeErrors=True)
     except FirstError as e:
@@ -216,24 +236,50 @@ SWEEP_STEP = 500
 
 class Queue:
     def __init__(self, execute, key_prefix="sharq_server", job_expire_interval=1000,
-                 clock=None, dead_letter_limit=10000):
+                 clock=None, dead_letter_limit=10000, masters=None, durable=None):
         """
-        execute(*command) -> Deferred sends one Redis command.  clock, when
-        given, is a callable returning epoch seconds used instead of the
-        Redis server's clock (for tests); normally all sharqd processes
-        share the Redis clock.
+        execute(*command) -> Deferred sends one Redis command, to the node
+        of the key it names (a script's first key) on a cluster.  masters()
+        gives an execute per master (default: [execute]).  durable, when
+        given, is the execute for enqueues and finishes that waits for the
+        replicas ([redis] wait_replicas).  clock, when given, is a callable
+        returning epoch seconds used instead of the Redis server's clock
+        (for tests); normally all sharqd processes share the Redis clock.
         """
         self.execute = execute
+        self.masters = masters or (lambda: [execute])
+        self.durable = durable or execute
         self.prefix = key_prefix
+        self.registry = f"{key_prefix}:registry"
         self.job_expire_interval = job_expire_interval
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
+        self._registered = {}  # queue type -> when this process last registered it
         self._stats_waiters = []  # callers of all_type_stats while a read runs
 
-    def _run(self, name, queue_type, *args):
+    def _run(self, name, queue_type, *args, execute=None):
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
-        head = (f"{self.prefix}:{{{queue_type}}}", self.prefix, queue_type, now)
-        return SCRIPTS[name](self.execute, (), head + args)
+        base = f"{self.prefix}:{{{queue_type}}}"
+        # the base names the type's slot: a cluster routes by it
+        return SCRIPTS[name](execute or self.execute, (base,),
+                             (base, self.prefix, queue_type, now) + args)
+
+    def _wall(self):
+        return self.clock() if self.clock is not None else time.time()
+
+    def _register(self, queue_type):
+        """A Deferred that fires once the type is in the registry."""
+        now = self._wall()
+        d = self.execute(b"ZADD", self.registry, int(now), queue_type)
+        return d.addCallback(self._registered_at, queue_type, now)
+
+    def _registered_at(self, _, queue_type, now):
+        self._registered[queue_type] = now
+
+    async def _ensure_registered(self, queue_type):
+        last = self._registered.get(queue_type)
+        if last is None or self._wall() - last >= REGISTER_EVERY:
+            await self._register(queue_type)
 
     # enqueue, dequeue and finish are the hot path: plain Deferred callbacks,
     # which cost less than coroutines
@@ -242,8 +288,18 @@ class Queue:
                 requeue_limit, max_queued_length=None):
         """Store a job; Deferred of the queue's pending length after it."""
         limit = b"" if max_queued_length is None else max_queued_length
+        args = (queue_type, queue_id, job_id, interval, payload, requeue_limit, limit)
+        # registered lately by this process (the common case): straight on
+        last = self._registered.get(queue_type)
+        if last is not None and \
+                (time.time() if self.clock is None else self.clock()) - last < REGISTER_EVERY:
+            return self._enqueue(*args)
+        return self._register(queue_type).addCallback(lambda _: self._enqueue(*args))
+
+    def _enqueue(self, queue_type, queue_id, job_id, interval, payload, requeue_limit,
+                 limit):
         d = self._run("enqueue", queue_type, queue_id, job_id, interval,
-                      payload, requeue_limit, limit)
+                      payload, requeue_limit, limit, execute=self.durable)
         return d.addCallback(_enqueued, queue_type, queue_id, job_id)
 
     def dequeue(self, queue_type, lease=None):
@@ -253,7 +309,8 @@ class Queue:
 
     def finish(self, queue_type, queue_id, job_id, lease_id=None):
         """Finish an active job; with lease_id only if that is its current lease."""
-        d = self._run("finish", queue_type, queue_id, job_id, lease_id or b"")
+        d = self._run("finish", queue_type, queue_id, job_id, lease_id or b"",
+                      execute=self.durable)
         return d.addCallback(_finished, queue_type, queue_id, job_id, lease_id)
 
     async def set_interval(self, queue_type, queue_id, interval):
@@ -270,13 +327,51 @@ class Queue:
         return tuple(await self._run("requeue", queue_type, batch,
                                      self.dead_letter_limit))
 
+    async def registered_types(self):
+        """Every type of the registry (with `<prefix>:types`, the set of
+        earlier versions, until its types are idle)."""
+        types = set(await self.execute(b"ZRANGE", self.registry, 0, -1))
+        types.update(await self.execute(b"SMEMBERS", f"{self.prefix}:types"))
+        return sorted(t.decode() for t in types)
+
     async def queue_types(self):
-        return sorted(t.decode() for t in await self.execute(
-            b"SMEMBERS", f"{self.prefix}:types"))
+        """The types with any pending or active job."""
+        return (await self.global_metrics())[0]
 
     async def global_metrics(self):
-        types, minutes, enq, deq, dead, done = await self._run("metrics", "", b"global")
-        return sorted(t.decode() for t in types), Counts(minutes, enq, deq, dead, done)
+        """The types with any pending or active job, and the counts of all
+        types added up (each type's counts are in its own slot)."""
+        types = await self.registered_types()
+        replies = await _all([self._run("metrics", t, b"counts") for t in types])
+        minutes = self._now_minutes()
+        enq, deq, dead, done = [0] * 10, [0] * 10, [0] * 10, [0] * 10
+        for reply in replies:
+            minutes = reply[1]
+            for i in range(10):
+                enq[i] += reply[2][i]
+                deq[i] += reply[3][i]
+                dead[i] += reply[4][i]
+                done[i] += reply[5][i]
+        alive = sorted(t for t, reply in zip(types, replies) if reply[0])
+        return alive, Counts(minutes, enq, deq, dead, done)
+
+    def _now_minutes(self):
+        now = int(self._wall() * 1000)
+        minute = now - now % 60000
+        return [minute - i * 60000 for i in range(9, -1, -1)]
+
+    async def forget_if_idle(self, queue_type, cutoff=None):
+        """Drop an idle type from the registry if not registered since
+        cutoff (default FORGET_AFTER s ago); True when dropped."""
+        if cutoff is None:
+            cutoff = self._wall() - FORGET_AFTER
+        score = await self.execute(b"ZSCORE", self.registry, queue_type)
+        if score is not None and float(score) > cutoff:
+            return False
+        if not await self._run("metrics", queue_type, b"idle"):
+            return False
+        await self.execute(b"SREM", f"{self.prefix}:types", queue_type)
+        return bool(await PRUNE(self.execute, (self.registry,), (queue_type, int(cutoff))))
 
     async def queue_ids(self, queue_type):
         """Every queue id of the type, sorted, read in bounded steps."""
@@ -312,15 +407,17 @@ class Queue:
         return length, Counts(minutes, enq, deq, dead)
 
     async def ping(self):
-        return await self.execute(b"PING")
+        """PONG when every master answers."""
+        await _all([execute(b"PING") for execute in self.masters()])
+        return b"PONG"
 
-    async def lock(self, token, ttl_ms):
-        """Take (or keep) the requeue lock for ttl_ms; True when held."""
-        return bool(await LOCK(self.execute, (f"{self.prefix}:requeue_lock",),
+    async def lock(self, queue_type, token, ttl_ms):
+        """Take (or keep) the type's requeue lock for ttl_ms; True when held."""
+        return bool(await LOCK(self.execute, (f"{self.prefix}:{{{queue_type}}}:requeue_lock",),
                                (b"acquire", token, ttl_ms)))
 
-    async def unlock(self, token):
-        return bool(await LOCK(self.execute, (f"{self.prefix}:requeue_lock",),
+    async def unlock(self, queue_type, token):
+        return bool(await LOCK(self.execute, (f"{self.prefix}:{{{queue_type}}}:requeue_lock",),
                                (b"release", token, 0)))
 
     # ---- batches, long-poll support, leases, dead letters
@@ -335,8 +432,9 @@ class Queue:
             f"{job.queue_id} {job.job_id} {job.interval} {job.requeue_limit} "
             f"{'-' if job.max_queued_length is None else job.max_queued_length} "
             for job in jobs)
+        await self._ensure_registered(queue_type)
         reply = await self._run("enqueuebatch", queue_type, fields,
-                                *(job.payload for job in jobs))
+                                *(job.payload for job in jobs), execute=self.durable)
         results = []
         for i, job in enumerate(jobs):
             code, length = reply[2 * i], reply[2 * i + 1]
@@ -366,7 +464,8 @@ class Queue:
         NotFound or Conflict (not the current lease)."""
         jobs = [(job[0], job[1], job[2] if len(job) > 2 else None) for job in jobs]
         args = [part or b"" for job in jobs for part in job]
-        reply = await self._run("finishbatch", queue_type, len(jobs), *args)
+        reply = await self._run("finishbatch", queue_type, len(jobs), *args,
+                                execute=self.durable)
         results = []
         for done, (queue_id, job_id, lease_id) in zip(reply, jobs):
             try:
@@ -455,6 +554,7 @@ class Queue:
 
     async def retry_dead_letter(self, queue_type, queue_id, job_id):
         """Put a dead letter back into its queue; returns the pending length."""
+        await self._ensure_registered(queue_type)
         reply = await self._run("deadletters", queue_type, b"retry", queue_id, job_id)
         if reply[0] == 404:
             raise _not_dead(queue_type, queue_id, job_id)
@@ -489,7 +589,7 @@ class Queue:
         """Every type with jobs now or seen by an earlier call: a type keeps
         its dead letters and totals after its last queue is gone."""
         known = f"{self.prefix}:known_types"
-        now = await self.execute(b"SMEMBERS", f"{self.prefix}:types")
+        now = await self.registered_types()
         if now:
             await self.execute(b"SADD", known, *now)
         return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))

@@ -44,6 +44,17 @@ _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN",
               "CLUSTERDOWN", "NOAUTH", "MISCONF")
 
 _PING = encode_command((b"PING",))
+_ASKING = encode_command((b"ASKING",))
+
+
+class RedisRefused(RedisUnavailable):
+    """Redis answered a transient error (_TRANSIENT) instead of a reply;
+    `reply` is its text (the cluster client retries TRYAGAIN and
+    CLUSTERDOWN)."""
+
+    def __init__(self, message, reply):
+        super().__init__(message)
+        self.reply = reply
 
 
 class RedisConnection(txredisapi.RedisProtocol):
@@ -304,12 +315,58 @@ class RedisService(_Connections):
             # one callback per command, the watchdog instead of a timer each
             connection = live[next(self._turn) % len(live)]
             return connection.send(encode_command(command)).addErrback(self._failed)
+        return self._when_live(self.execute, command)
+
+    def _when_live(self, method, command):
+        """method(*command) once a connection is up, or RedisUnavailable
+        after connect_wait."""
         if not self.running:
             return fail(RedisUnavailable("sharqd is stopping."))
         waiter = Deferred(self._waiting.remove)
         self._waiting.append(waiter)
         waiter.addTimeout(self.connect_wait, self.reactor, self._not_reachable)
-        return waiter.addCallback(lambda _: self.execute(*command))
+        return waiter.addCallback(lambda _: method(*command))
+
+    def execute_asking(self, *command):
+        """ASKING, then the command, on one connection (Redis Cluster: a
+        slot being migrated to this node)."""
+        live = self.live
+        if not live:
+            return self._when_live(self.execute_asking, command)
+        connection = live[next(self._turn) % len(live)]
+        connection.send(_ASKING).addErrback(lambda _: None)
+        return connection.send(encode_command(command)).addErrback(self._failed)
+
+    def execute_durable(self, *command):
+        """The command, then WAIT on the same connection for
+        [redis] wait_replicas replicas (at most wait_timeout ms); the
+        command's reply once they have it, else RedisUnavailable."""
+        live = self.live
+        if not live:
+            return self._when_live(self.execute_durable, command)
+        c = self.config
+        connection = live[next(self._turn) % len(live)]
+        d = connection.send(encode_command(command)).addErrback(self._failed)
+        acked = connection.send(encode_command((b"WAIT", c.wait_replicas, c.wait_timeout)))
+        acked.addErrback(self._failed)
+        return d.addCallbacks(self._confirmed, self._not_confirmed,
+                              callbackArgs=(acked,), errbackArgs=(acked,))
+
+    def _not_confirmed(self, failure, acked):
+        acked.addErrback(lambda _: None)  # the command's own error tells it
+        return failure
+
+    def _confirmed(self, reply, acked):
+        def check(replicas):
+            if replicas < self.config.wait_replicas:
+                raise RedisUnavailable(
+                    f"Redis at {self.describe()} did the change but only {replicas} of "
+                    f"{self.config.wait_replicas} replicas confirmed it within "
+                    f"{self.config.wait_timeout} ms; it may be lost if this Redis "
+                    f"fails now. Retrying is safe: once a replica has it, an enqueue "
+                    f"already kept answers 409, a finish already done 404.")
+            return reply
+        return acked.addCallback(check)
 
     def _not_reachable(self, *_):
         self.on_error("unreachable")
@@ -327,7 +384,7 @@ class RedisService(_Connections):
                 str(error).startswith(_TRANSIENT):
             self.on_error("refused")
             self.log.warn("Redis refused a command: {error}", error=error)
-            raise RedisUnavailable(f"Redis cannot serve right now: {error}")
+            raise RedisRefused(f"Redis cannot serve right now: {error}", str(error))
         return failure
 
 

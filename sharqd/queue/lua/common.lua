@@ -1,6 +1,6 @@
 -- Prepended to every queue script (see operations.py, load_script).
 -- ARGV[1] key base of the queue type, "<prefix>:{<queue_type>}"
--- ARGV[2] key prefix for global keys
+-- ARGV[2] key prefix (the scripts touch no key outside the type's slot)
 -- ARGV[3] queue type
 -- ARGV[4] now in epoch ms, or "" to use the Redis server's clock
 -- ARGV[5..] arguments of the operation
@@ -17,7 +17,6 @@ local MINUTE = NOW - NOW % 60000
 local K_READY = BASE .. ':ready'          -- zset queue_id -> ready time (queues with pending jobs)
 local K_DEADLINES = BASE .. ':deadlines'  -- zset "queue_id:job_id" -> deadline (active jobs)
 local K_QUEUES = BASE .. ':queues'        -- set of queue ids with pending or active jobs
-local K_TYPES = GLOBAL .. ':types'        -- set of queue types with pending or active jobs
 local K_TOTALS = BASE .. ':totals'        -- hash kind -> events of the type since it began
 
 -- Add n events of a kind to the type's totals (GET /prometheus): one
@@ -26,10 +25,11 @@ local function add_total(kind, n)
   if n > 0 then redis.call('HINCRBY', K_TOTALS, kind, n) end
 end
 
--- Count n events of a kind for all queues together, in this minute's
--- counters (the finish counts of GET /metrics/).
+-- Count n events of a kind for all queues of the type together, in this
+-- minute's counters (the finish counts of GET /metrics/, which adds up the
+-- types: each type counts in its own slot).
 local function count_all(kind, n)
-  local g = GLOBAL .. ':stats:' .. MINUTE
+  local g = BASE .. ':counts:' .. MINUTE
   if redis.call('HINCRBY', g, kind, n) == n then redis.call('PEXPIRE', g, 660000) end
 end
 
@@ -67,7 +67,8 @@ local K_TYPE_POLICY = BASE .. ':typepolicy'  -- hash, the type's default policy 
 local KEEP_LAST_MS = 3600000
 
 -- Count events of a kind (enqueued, dequeued, ...) per queue (tally[qid] =
--- n) and in total, in this minute's counters; a counter's expiry is set when
+-- n) and for the type, in this minute's counters (the type's in its own
+-- slot: GET /metrics/ adds the types up); a counter's expiry is set when
 -- its minute starts (the increment that made it n), not on every event.
 -- Batches add up their tally first, so one call counts them all.
 local function count_tally(kind, tally)
@@ -78,7 +79,7 @@ local function count_tally(kind, tally)
     total = total + n
   end
   if total > 0 then
-    local g = GLOBAL .. ':stats:' .. MINUTE
+    local g = BASE .. ':counts:' .. MINUTE
     if redis.call('HINCRBY', g, kind, total) == total then
       redis.call('PEXPIRE', g, 660000)
     end
@@ -286,7 +287,6 @@ local function forget_if_empty(qid)
     return
   end
   redis.call('SREM', K_QUEUES, qid)
-  if redis.call('SCARD', K_QUEUES) == 0 then redis.call('SREM', K_TYPES, QTYPE) end
   redis.call('DEL', k_payload(qid), k_budget(qid), k_limit(qid))
   expire_meta(qid, read_meta(qid))
 end
@@ -328,7 +328,6 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   if length == 0 then
     redis.call('PERSIST', meta)
     redis.call('SADD', K_QUEUES, qid)
-    redis.call('SADD', K_TYPES, QTYPE)
     redis.call('HSET', meta, 'since', NOW)
   end
   if length == 0 or changed then place(qid) end

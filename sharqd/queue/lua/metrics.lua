@@ -1,6 +1,10 @@
--- ARGV[5] "global" | "queue", [6] queue_id for "queue".  (The queue ids
--- of a type are read with SSCAN, in pages: see Queue.queue_id_page.)
--- global: {types, minutes, enqueued, dequeued, dead, finished}
+-- ARGV[5] "counts" | "idle" | "queue", [6] queue_id for "queue".  (The
+-- queue ids of a type are read with SSCAN, in pages: see
+-- Queue.queue_id_page.)
+-- counts: {number of queues, minutes, enqueued, dequeued, dead, finished}
+--         of the type (GET /metrics/ adds up the types of the registry)
+-- idle:   1 when the type has no queue and no count in the last 11
+--         minutes (it may leave the registry), else 0
 -- queue:  {pending length, minutes, enqueued, dequeued, dead}
 local function counts(prefix)
   local minutes, enqueued, dequeued, dead, finished = {}, {}, {}, {}, {}
@@ -18,9 +22,15 @@ local function counts(prefix)
 end
 
 local scope = ARGV[5]
-if scope == 'global' then
-  local m, e, d, x, f = counts(GLOBAL .. ':stats:')
-  return {redis.call('SMEMBERS', K_TYPES), m, e, d, x, f}
+if scope == 'counts' then
+  local m, e, d, x, f = counts(BASE .. ':counts:')
+  return {redis.call('SCARD', K_QUEUES), m, e, d, x, f}
+elseif scope == 'idle' then
+  if redis.call('EXISTS', K_QUEUES) == 1 then return 0 end
+  for i = 0, 10 do
+    if redis.call('EXISTS', BASE .. ':counts:' .. (MINUTE - i * 60000)) == 1 then return 0 end
+  end
+  return 1
 else
   local qid = ARGV[6]
   local m, e, d, x = counts(BASE .. ':stats:' .. qid .. ':')
