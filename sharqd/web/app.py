@@ -475,13 +475,13 @@ def _no_policy(queue_type, queue_id):
                     f"GET /queues/{queue_type}/{queue_id}/ shows the one in force.")
 
 
-
 def _policy_target(queue_type, queue_id):
     """Check a policy route's type, and its queue_id (None: the type's
     default policy)."""
     validation.identifier("queue_type", queue_type)
     if queue_id is not None:
         validation.identifier("queue_id", queue_id)
+
 
 DEAD_LETTER_PAGE = 100
 QUEUE_ID_PAGE = 1000
