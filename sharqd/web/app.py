@@ -409,18 +409,14 @@ class Api:
 
     @app.route("/policy/<queue_type>/<queue_id>/", methods=["PUT"])
     async def put_policy(self, request, queue_type, queue_id=None):
-        validation.identifier("queue_type", queue_type)
-        if queue_id is not None:
-            validation.identifier("queue_id", queue_id)
+        _policy_target(queue_type, queue_id)
         changes = validation.policy_fields(validation.json_body(request.content.read()))
         policy = await self.queue.put_policy(queue_type, queue_id, changes)
         return answer(request, 200, {"status": "success", **_policy_json(policy)})
 
     @app.route("/policy/<queue_type>/<queue_id>/", methods=["GET"])
     async def get_policy(self, request, queue_type, queue_id=None):
-        validation.identifier("queue_type", queue_type)
-        if queue_id is not None:
-            validation.identifier("queue_id", queue_id)
+        _policy_target(queue_type, queue_id)
         policy = await self.queue.get_policy(queue_type, queue_id)
         if policy is None:
             raise _no_policy(queue_type, queue_id)
@@ -428,9 +424,7 @@ class Api:
 
     @app.route("/policy/<queue_type>/<queue_id>/", methods=["DELETE"])
     async def delete_policy(self, request, queue_type, queue_id=None):
-        validation.identifier("queue_type", queue_type)
-        if queue_id is not None:
-            validation.identifier("queue_id", queue_id)
+        _policy_target(queue_type, queue_id)
         if not await self.queue.delete_policy(queue_type, queue_id):
             raise _no_policy(queue_type, queue_id)
         return answer(request, 200, {"status": "success"})
@@ -481,6 +475,14 @@ def _no_policy(queue_type, queue_id):
                         f"PUT /policy/{queue_type}/.")
     return NotFound(f"Queue `{queue_type}/{queue_id}` has no policy of its own; "
                     f"GET /queues/{queue_type}/{queue_id}/ shows the one in force.")
+
+
+def _policy_target(queue_type, queue_id):
+    """Check a policy route's type, and its queue_id (None: the type's
+    default policy)."""
+    validation.identifier("queue_type", queue_type)
+    if queue_id is not None:
+        validation.identifier("queue_id", queue_id)
 
 
 DEAD_LETTER_PAGE = 100
