@@ -53,6 +53,10 @@ def fill(redis, types, queues):
             fields = "".join(f"q{i} j{i} 1000 -1 - " for i in ids)
             commands.append((b"EVALSHA", script.sha, 0, f"{PREFIX}:{{{qtype}}}", PREFIX,
                              qtype, "", fields, *[b"{}"] * len(ids)))
+    # sharqd registers a type before its first enqueue (the registry feeds
+    # /metrics/, /prometheus and the requeue pass); the scripts do not
+    now = int(time.time())
+    commands += [(b"ZADD", f"{PREFIX}:registry", now, f"type{t:04d}") for t in range(types)]
     errors = [r for r in redis.pipeline(commands, chunk=50) if isinstance(r, Exception)]
     if errors:
         raise SystemExit(f"filling Redis failed: {errors[0]}")

@@ -34,7 +34,7 @@ from twisted.web.server import Site
 disable_created_metrics()
 
 PEER_TIMEOUT = 1.0  # seconds a scrape waits for another worker's metrics
-SWITCH_INTERVAL = 0.0005  # seconds, while a scrape is encoded (see render)
+SWITCH_INTERVAL = 0.0001  # seconds, while a scrape is encoded (see render)
 
 # name, help, TypeStats attribute
 GAUGES = (
