@@ -102,7 +102,6 @@ def test_route_actions_and_types():
     assert required(b"GET", b"/deepstatus/") == (None, None)
     assert required(b"GET", b"/health/") == (None, None)
     assert required(b"GET", b"/prometheus") == ("read", None)
-    assert required(b"GET", b"/dashboard/") == ("read", None)
 
 
 def test_private_listen_addresses():

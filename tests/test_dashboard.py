@@ -135,3 +135,30 @@ def test_dashboard_shows_redis_down(tmp_path, page):
     finally:
         server.stop(signal.SIGKILL)
         redis.cleanup()
+
+
+def test_dashboard_asks_for_a_token_when_auth_is_on(tmp_path, page):
+    """With [auth] on, the dashboard's page loads without a token, asks for
+    one when the API answers 401, and shows the figures once given a token
+    with read:* (sent as a Bearer header, never in the URL)."""
+    from sharqd.web.auth import hash_token
+    token = "sharq_dashboard-test-token"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"viewer {hash_token(token)} read:*\n")
+    server = Sharqd(str(tmp_path), shared_redis(),
+                    extra_redis=f"\n[auth]\ntokens_file : {tokens}\n").start()
+    try:
+        status, _, _ = server.request("POST", "/enqueue/authdash/q1/", {
+            "job_id": "a1", "interval": 1000, "payload": {}})
+        assert status == 401  # the API itself stays closed
+        page.goto(f"http://127.0.0.1:{server.port}/dashboard/?refresh=1")
+        expect(page.locator("#login")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "dashboard-login.png"), full_page=True)
+        page.fill("#token", token)
+        page.click("#login button")
+        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#redis-state")).to_have_class("pill up")
+        expect(page.locator("#error")).to_be_hidden()
+        assert token not in page.url
+    finally:
+        server.stop(signal.SIGKILL)

@@ -13,14 +13,37 @@ let refreshes = 0;
 
 const $ = (selector) => document.querySelector(selector);
 
-function api(path, options) {
-  return fetch(new URL("../" + path, location.href), options).then(async (response) => {
+// With [auth] on, the API wants a token: the page asks for one when an
+// answer is 401 and keeps it for this browser tab only (sessionStorage).
+const TOKEN_KEY = "sharqd-token";
+
+function api(path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? {...options.headers, Authorization: `Bearer ${token}`} : options.headers;
+  return fetch(new URL("../" + path, location.href), {...options, headers}).then(async (response) => {
     const body = await response.json().catch(() => ({}));
+    if (response.status === 401) askForToken(token ? "That token was refused." : "");
     if (!response.ok) {
       throw new Error(body.message || `${path} answered ${response.status}`);
     }
     return body;
   });
+}
+
+function askForToken(why) {
+  const form = $("#login");
+  if (!form.hidden) return;
+  $("#login-why").textContent = why;
+  form.hidden = false;
+  $("#token").focus();
+}
+
+function useToken(event) {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+  $("#token").value = "";
+  $("#login").hidden = true;
+  refresh();
 }
 
 function cell(row, text, className) {
@@ -254,6 +277,7 @@ async function refresh() {
   }
 }
 
+$("#login").addEventListener("submit", useToken);
 window.addEventListener("hashchange", () => {
   if (typeInHash() && typeInHash() !== selected) select(typeInHash());
 });
