@@ -216,10 +216,7 @@ class Api:
         first QUEUE_ID_PAGE): as the original's answer, plus the total and
         the page's bounds."""
         validation.identifier("queue_type", queue_type)
-        offset = validation.query_arg(request.args, "offset")
-        limit = validation.query_arg(request.args, "limit")
-        offset = 0 if offset is None else validation.offset_arg(offset)
-        limit = QUEUE_ID_PAGE if limit is None else validation.queue_id_limit_arg(limit)
+        offset, limit = _page(request, QUEUE_ID_PAGE, validation.queue_id_limit_arg)
         total, ids = await self.queue.queue_id_page(queue_type, offset, limit)
         dead = await self.queue.dead_letter_length(queue_type)
         return answer(request, 200, {"status": "success", "queue_ids": sorted(ids),
@@ -377,10 +374,7 @@ class Api:
     @app.route("/deadletters/<queue_type>/", methods=["GET"])
     async def dead_letters(self, request, queue_type):
         validation.identifier("queue_type", queue_type)
-        offset = validation.query_arg(request.args, "offset")
-        limit = validation.query_arg(request.args, "limit")
-        offset = 0 if offset is None else validation.offset_arg(offset)
-        limit = DEAD_LETTER_PAGE if limit is None else validation.limit_arg(limit)
+        offset, limit = _page(request, DEAD_LETTER_PAGE, validation.limit_arg)
         total, entries = await self.queue.dead_letters(queue_type, offset, limit)
         # entries are JSON objects built by requeue.lua: splice them in
         return answer(request, 200, b'{"status": "success", "total": %d, "offset": %d, '
@@ -475,6 +469,15 @@ def _no_policy(queue_type, queue_id):
                         f"PUT /policy/{queue_type}/.")
     return NotFound(f"Queue `{queue_type}/{queue_id}` has no policy of its own; "
                     f"GET /queues/{queue_type}/{queue_id}/ shows the one in force.")
+
+
+def _page(request, default_limit, limit_arg):
+    """(offset, limit) of a paged route: ?offset= (default 0) and ?limit=
+    (default default_limit, checked by limit_arg)."""
+    offset = validation.query_arg(request.args, "offset")
+    limit = validation.query_arg(request.args, "limit")
+    return (0 if offset is None else validation.offset_arg(offset),
+            default_limit if limit is None else limit_arg(limit))
 
 
 def _policy_target(queue_type, queue_id):
