@@ -31,7 +31,7 @@ from sharqd.queue.requeue import RequeueService
 from sharqd.queue.waiters import Waiters
 from sharqd.web.app import Api
 from sharqd.web.prometheus import Exposition, MetricsSocketService, ProcessMetrics
-from sharqd.web.workers import WorkerPool
+from sharqd.web.workers import ParentWatch, WorkerPool
 
 log = Logger()
 LISTEN_BACKLOG = 1024
@@ -277,6 +277,7 @@ def makeService(options, reactor=None):
     if options["adopt-fd"] is not None:
         AdoptedPortService(options["adopt-fd"], site, reactor, where,
                            factory=factory).setServiceParent(front)
+        ParentWatch(reactor).setServiceParent(top)
     else:
         if not config.auth.enabled and not is_private(where):
             log.warn("sharqd listens on {where} without [auth]: anyone who reaches it "

@@ -314,6 +314,23 @@ def test_two_workers_share_the_port(servers):
     assert subprocess.run(["pgrep", "-f", server.config_path]).returncode == 1
 
 
+def test_workers_stop_when_the_parent_is_killed(servers):
+    """When the parent sharqd dies without a chance to stop its workers
+    (SIGKILL), the workers notice and exit instead of serving on alone."""
+    server = servers(extra_server="workers : 2")
+    wait_for(lambda: "[worker 2]" in server.read_log() and
+             "listening" in server.read_log().split("[worker 2]", 1)[1], timeout=15)
+    children = subprocess.run(["pgrep", "-P", str(server.process.pid)],
+                              capture_output=True, text=True).stdout.split()
+    assert len(children) == 1
+    worker = int(children[0])
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(timeout=10)
+    wait_for(lambda: not os.path.exists(f"/proc/{worker}") or
+             open(f"/proc/{worker}/stat").read().split(") ")[1].startswith("Z"),
+             timeout=15)
+
+
 def test_bad_config_is_one_line_and_exit_1(tmp_path):
     """When the config has a bad value, sharqd prints one line naming the
     file, section, key and value and exits 1, without a traceback."""

@@ -9,8 +9,9 @@ import os
 import sys
 
 from twisted.application.service import Service
+from twisted.internet import stdio
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Protocol, ProcessProtocol
 from twisted.logger import Logger
 
 from sharqd.logs import WORKER_RECORD
@@ -129,3 +130,39 @@ class WorkerPool(Service):
     def stopService(self):
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
+
+
+class _ParentPipe(Protocol):
+    def __init__(self, gone):
+        self.gone = gone
+
+    def connectionLost(self, reason):
+        self.gone()
+
+
+class ParentWatch(Service):
+    """
+    In a worker process: stop when the parent is gone.  The parent holds
+    the other end of the worker's stdin (see WorkerPool.spawn), so its end,
+    even by SIGKILL, closes that pipe; without this a worker would go on
+    serving the adopted socket with nobody to stop or restart it.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self._devnull = None
+
+    def startService(self):
+        super().startService()
+        # stdout is the log pipe to the parent: StandardIO only reads stdin
+        # here and gets /dev/null to (not) write to
+        self._devnull = os.open(os.devnull, os.O_WRONLY)
+        stdio.StandardIO(_ParentPipe(self._gone), stdin=0, stdout=self._devnull,
+                         reactor=self.reactor)
+
+    def _gone(self):
+        if self.running:
+            self.log.warn("The parent sharqd is gone; this worker stops too")
+            self.reactor.stop()
