@@ -119,14 +119,6 @@ async def _gather(deferreds):
         e.subFailure.raiseException()
 
 
-async def _all(deferreds):
-    """The results of all, or the first failure as it was raised."""
-    try:
-        return await gatherResults(deferreds, consumeErrors=True)
-    except FirstError as e:
-        e.subFailure.raiseException()
-
-
 def _duplicate(queue_type, queue_id, job_id):
     return Conflict(f"Job `{job_id}` is already pending or active in queue "
                     f"`{queue_type}/{queue_id}`.")
@@ -276,9 +268,12 @@ class Queue:
     def _registered_at(self, _, queue_type, now):
         self._registered[queue_type] = now
 
-    async def _ensure_registered(self, queue_type):
+    def _registered_lately(self, queue_type):
         last = self._registered.get(queue_type)
-        if last is None or self._wall() - last >= REGISTER_EVERY:
+        return last is not None and self._wall() - last < REGISTER_EVERY
+
+    async def _ensure_registered(self, queue_type):
+        if not self._registered_lately(queue_type):
             await self._register(queue_type)
 
     # enqueue, dequeue and finish are the hot path: plain Deferred callbacks,
@@ -290,9 +285,7 @@ class Queue:
         limit = b"" if max_queued_length is None else max_queued_length
         args = (queue_type, queue_id, job_id, interval, payload, requeue_limit, limit)
         # registered lately by this process (the common case): straight on
-        last = self._registered.get(queue_type)
-        if last is not None and \
-                (time.time() if self.clock is None else self.clock()) - last < REGISTER_EVERY:
+        if self._registered_lately(queue_type):
             return self._enqueue(*args)
         return self._register(queue_type).addCallback(lambda _: self._enqueue(*args))
 
@@ -342,7 +335,7 @@ class Queue:
         """The types with any pending or active job, and the counts of all
         types added up (each type's counts are in its own slot)."""
         types = await self.registered_types()
-        replies = await _all([self._run("metrics", t, b"counts") for t in types])
+        replies = await _gather([self._run("metrics", t, b"counts") for t in types])
         minutes = self._now_minutes()
         enq, deq, dead, done = [0] * 10, [0] * 10, [0] * 10, [0] * 10
         for reply in replies:
@@ -408,7 +401,7 @@ class Queue:
 
     async def ping(self):
         """PONG when every master answers."""
-        await _all([execute(b"PING") for execute in self.masters()])
+        await _gather([execute(b"PING") for execute in self.masters()])
         return b"PONG"
 
     async def lock(self, queue_type, token, ttl_ms):
