@@ -16,7 +16,6 @@ logged.
 
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from fnmatch import fnmatchcase
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 
 from sharqd.errors import ConfigError
+from sharqd.web.site import json_failure
 
 ACTIONS = ("enqueue", "work", "read", "admin")
 
@@ -195,7 +195,7 @@ def _deny(request, status, message, error):
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"www-authenticate",
                       b'Bearer realm="sharqd", error="%s"' % error.encode())
-    return json.dumps({"status": "failure", "message": message}).encode()
+    return json_failure(message)
 
 
 class Guard(Resource):
