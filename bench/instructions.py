@@ -18,7 +18,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hotpath import Instructions  # noqa: E402
 from run import RedisServer, free_port, stop_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def start_sharqd(twistd, tmp, redis_port, redis_lines=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     log = open(tmp / "sharqd.log", "wb")
     proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
          twistd, "-n", "--pidfile=", "sharq", "-c", str(conf)],
         cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
@@ -97,16 +97,12 @@ def run_ops(conn, n, tag):
     return (("enqueue", enqueue), ("dequeue", dequeue), ("finish", finish))
 
 
-def measure(pid, tmp, name, action):
-    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def measure(meter, action):
+    """Instructions per run of action (meter: hotpath.Instructions, the
+    one reader of callgrind's counts for the benches)."""
+    meter.read()  # a dump: the count starts afresh
     action()
-    subprocess.run(["callgrind_control", f"--dump={name}", str(pid)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    dumps = sorted(tmp.glob(f"callgrind.out.{pid}.*"), key=os.path.getmtime)
-    text = dumps[-1].read_text(errors="replace")
-    match = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
-    return int(match.group(1))
+    return meter.read()
 
 
 def main():
@@ -130,11 +126,12 @@ def main():
     ok = False
     try:
         proc, conn = start_sharqd(os.path.abspath(args.twistd), tmp, redis.port, lines)
+        meter = Instructions(proc.pid, tmp)
         for op, action in run_ops(conn, 50, "warm"):  # warm caches and scripts
             action()
         results = {}
         for op, action in run_ops(conn, args.n, "run"):
-            results[op] = measure(proc.pid, tmp, op, action) / args.n
+            results[op] = measure(meter, action) / args.n
             print(f"{op:8s} {results[op]:>12,.0f} instructions per request")
         print("INSTRJSON " + json.dumps({k: round(v) for k, v in results.items()}))
         ok = True
