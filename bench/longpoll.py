@@ -26,48 +26,58 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lp_harness import Client, Servers, cpu_seconds, percentile  # noqa: E402
+from lp_harness import (Client, Poller, Servers, cpu_seconds, percentile,  # noqa: E402
+                        tree_cpu_seconds)
 
 
 class Waiters:
+    """N clients, each on its own connection, asking the same long-poll
+    dequeue again as soon as they have an answer (Poller: the event loop's
+    callbacks, no per-line reads, the JSON decoded only when read)."""
+
     def __init__(self, port, n, wait):
         self.port = port
         self.n = n
-        self.path = f"/dequeue/bench/?wait={wait}&lease=600000"
-        self.received = []  # (time, queue_id, job_id, payload)
-        self.in_wait = 0
-        self.tasks = []
+        self.request = (f"GET /dequeue/bench/?wait={wait}&lease=600000 HTTP/1.1\r\n"
+                        f"Host: bench\r\n\r\n").encode()
+        self.answers = []  # (time, body) of each 200
+        self.pollers = []
         self.arrived = asyncio.Event()
+        self.failure = None
 
-    async def one(self):
-        client = await Client(self.port).connect()
-        try:
-            while True:
-                self.in_wait += 1
-                status, body = await client.request("GET", self.path)
-                now = time.time()
-                self.in_wait -= 1
-                if status == 200:
-                    job = json.loads(body)
-                    self.received.append((now, job["queue_id"], job["job_id"], job["payload"]))
-                    self.arrived.set()
-                elif status != 404:
-                    raise RuntimeError(f"dequeue answered {status}: {body[:200]}")
-        finally:
-            client.close()
+    def on_answer(self, now, status, body):
+        if status == 200:
+            self.answers.append((now, body))
+            self.arrived.set()
+        elif status != 404 and self.failure is None:
+            self.failure = RuntimeError(f"dequeue answered {status}: {body[:200]}")
+            self.arrived.set()
 
-    async def start(self):
+    @property
+    def received(self):
+        """(time, queue_id, job_id, payload) of each job delivered."""
+        return [(t, *_fields(body)) for t, body in self.answers]
+
+    async def start(self, servers):
+        loop = asyncio.get_running_loop()
         for _ in range(self.n):
-            self.tasks.append(asyncio.create_task(self.one()))
-        while self.in_wait < self.n:
+            _, poller = await loop.create_connection(
+                lambda: Poller(self.request, self.on_answer), "127.0.0.1", self.port)
+            self.pollers.append(poller)
+        await self.all_waiting(servers)
+
+    async def all_waiting(self, servers):
+        """Until every client's request is read and waits in sharqd."""
+        while servers.waiting() < self.n:
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # let sharqd read every request
 
     async def until(self, count, timeout=30):
         deadline = time.monotonic() + timeout
-        while len(self.received) < count:
+        while len(self.answers) < count:
+            if self.failure is not None:
+                raise self.failure
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(self.received)} of {count} jobs delivered")
+                raise RuntimeError(f"only {len(self.answers)} of {count} jobs delivered")
             self.arrived.clear()
             try:
                 await asyncio.wait_for(self.arrived.wait(), 1)
@@ -75,8 +85,13 @@ class Waiters:
                 pass
 
     def stop(self):
-        for task in self.tasks:
-            task.cancel()
+        for poller in self.pollers:
+            poller.transport.close()
+
+
+def _fields(body):
+    job = json.loads(body)
+    return job["queue_id"], job["job_id"], job["payload"]
 
 
 def ms(values):
@@ -87,14 +102,23 @@ def ms(values):
 async def run(args, servers):
     results = {}
     waiters = Waiters(servers.port, args.clients, args.wait)
-    await waiters.start()
+    await waiters.start(servers)
     producer = await Client(servers.port).connect()
 
     sharqd = servers.sharqd.pid
     if not args.only_burst:
         await idle(args, servers, results)
         await trickle(args, waiters, producer, results)
-    await burst(args, servers, waiters, producer, sharqd, results)
+    p99s = []
+    for _ in range(args.bursts):
+        await waiters.all_waiting(servers)
+        await burst(args, servers, waiters, producer, sharqd, results)
+        p99s.append(percentile(results["burst_from_ack"], 99))
+    if args.bursts > 1:
+        results["burst_p99s"] = p99s
+        print(f"burst: {args.bursts} bursts, 201 -> delivered p99 each: "
+              f"{', '.join(f'{p * 1000:.0f}' for p in p99s)} ms; median "
+              f"{percentile(p99s, 50) * 1000:.1f} ms", flush=True)
     if not args.only_burst:
         await interval(waiters, producer, results)
     waiters.stop()
@@ -104,9 +128,9 @@ async def run(args, servers):
 
 async def idle(args, servers, results):
     sharqd, redis = servers.sharqd.pid, servers.redis.pid
-    c0, r0, t0 = cpu_seconds(sharqd), cpu_seconds(redis), time.monotonic()
+    c0, r0, t0 = tree_cpu_seconds(sharqd)[0], cpu_seconds(redis), time.monotonic()
     await asyncio.sleep(args.idle)
-    c1, r1, t1 = cpu_seconds(sharqd), cpu_seconds(redis), time.monotonic()
+    c1, r1, t1 = tree_cpu_seconds(sharqd)[0], cpu_seconds(redis), time.monotonic()
     results["idle_sharqd_cpu_pct"] = 100 * (c1 - c0) / (t1 - t0)
     results["idle_redis_cpu_pct"] = 100 * (r1 - r0) / (t1 - t0)
     print(f"idle: {args.clients} clients waiting for {t1 - t0:.1f} s: sharqd CPU "
@@ -156,19 +180,19 @@ def slowlog_ms(lines):
 async def burst(args, servers, waiters, producer, sharqd, results):
     redis_cli(servers.redis_port, "CONFIG", "SET", "slowlog-log-slower-than", "1000")
     redis_cli(servers.redis_port, "SLOWLOG", "RESET")
-    base = len(waiters.received)
-    jobs = [{"queue_id": f"bq{k}", "job_id": f"b{k}", "interval": 0, "payload": k}
+    base = len(waiters.answers)
+    jobs = [{"queue_id": f"bq{k}", "job_id": f"b{base}-{k}", "interval": 0, "payload": k}
             for k in range(args.clients)]
     body = json.dumps({"jobs": jobs}).encode()
-    c0, b0 = cpu_seconds(sharqd), time.process_time()
+    c0, b0 = tree_cpu_seconds(sharqd)[0], time.process_time()
     start = time.time()
     status, _ = await producer.request("POST", "/enqueue/bench/", body)
     acked_at = time.time()
     assert status == 201, status
     await waiters.until(base + args.clients)
-    c1, b1 = cpu_seconds(sharqd), time.process_time()
-    delays = [t - start for t, *_ in waiters.received[base:]]
-    from_ack = [max(0.0, t - acked_at) for t, *_ in waiters.received[base:]]
+    c1, b1 = tree_cpu_seconds(sharqd)[0], time.process_time()
+    delays = [t - start for t, _ in waiters.answers[base:]]
+    from_ack = [max(0.0, t - acked_at) for t, _ in waiters.answers[base:]]
     print(f"burst: {args.clients} jobs in one batch to {args.clients} waiting clients: "
           f"batch request -> delivered {ms(delays)}; batch 201 -> delivered "
           f"{ms(from_ack)} (batch 201 after "
@@ -212,11 +236,14 @@ def main():
     parser.add_argument("--profile-out", default="bench/profile-longpoll.txt")
     parser.add_argument("--only-burst", action="store_true",
                         help="skip the idle, trickle and interval phases")
+    parser.add_argument("--workers", type=int, default=1, help="sharqd's [sharq-server] workers")
+    parser.add_argument("--bursts", type=int, default=1,
+                        help="bursts in a row (each reported, then their p99s)")
     parser.add_argument("--limit", type=float, default=120.0, help="give up after seconds")
     args = parser.parse_args()
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')} on {platform.node()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
-    with Servers() as servers:
+    with Servers(server_options=f"workers : {args.workers}\n") as servers:
         profiler = None
         if args.py_spy:  # sample sharqd from here on; collapsed stacks
             profiler = subprocess.Popen([

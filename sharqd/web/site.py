@@ -60,6 +60,8 @@ class SharqRequest(Request):
     gone = False  # the client hung up before its answer
     route = None  # the route template that answers, when known early (metrics)
     began = None  # time.monotonic() when it was routed
+    # a Deferred: the connection's next request is not read before it fires
+    read_next_after = None
     # the request line's parts, known before the body
     target_method = target = target_version = b""
 
@@ -125,8 +127,13 @@ class SharqRequest(Request):
         super().process()
 
     def finish(self):
+        transport = self.channel.transport
         super().finish()
         self._ended()
+        if self.read_next_after is not None and not transport.disconnecting:
+            # the client's next request waits in its socket meanwhile
+            transport.pauseProducing()
+            self.read_next_after.addCallback(_resume, transport)
 
     def connectionLost(self, reason):
         self.gone = not self.finished  # the client hung up before its answer
@@ -185,6 +192,10 @@ class SharqRequest(Request):
             f"Request body of {size} bytes is larger than "
             f"max_request_size ({limit} bytes)."))
         self.channel.loseConnection()
+
+
+def _resume(_, transport):
+    transport.resumeProducing()
 
 
 class SharqChannel(HTTPChannel):
