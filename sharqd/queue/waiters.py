@@ -14,9 +14,9 @@ ready, and up to PIPELINE attempts (each for the next group in line) run at
 once, so that Redis takes the next group's jobs while this process answers
 the last group's clients (a burst of 1,000 jobs for 1,000 waiters).  The
 HTTP side holds back the next request of a client it has just answered
-until the attempts then in flight have come back (`settled`), so that in a
-burst the next groups' answers go out before the first groups' new requests
-are read.  Between attempts the type's waiters sleep until the earliest
+until no attempt is in flight (`settled`: the burst is over, or MAX_HOLD
+has passed), so that in a burst the next groups' answers go out before the
+first groups' new requests are read.  Between attempts the type's waiters sleep until the earliest
 ready time the last attempt reported, or a notification, whichever comes
 first.  While the notification source is down, and after a failed attempt,
 they re-check every `fallback` seconds, so no waiter depends on a
@@ -36,6 +36,10 @@ FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
 MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
 PIPELINE = 4      # attempts in flight per type while every one comes back full
+MAX_HOLD = 0.25   # seconds settled() holds at most
+# settled() fires this long after the burst's last answers: the reactor
+# writes them on its next turn, before it resumes reading 1,000 connections
+RELEASE_AFTER = 0.001
 
 
 class _Waiter:
@@ -53,7 +57,7 @@ class _Waiter:
 class _Line:
     """The waiters of one queue type, oldest first."""
 
-    __slots__ = ("queue_type", "waiters", "flying", "started", "holds", "again", "timer",
+    __slots__ = ("queue_type", "waiters", "flying", "started", "hold", "again", "timer",
                  "error", "paused")
 
     def __init__(self, queue_type):
@@ -61,7 +65,7 @@ class _Line:
         self.waiters = OrderedDict()  # _Waiter -> None
         self.flying = {}      # number of each dequeue attempt in flight -> None, oldest first
         self.started = 0      # attempts started so far (their numbers)
-        self.holds = []       # (attempt number, Deferred) of settled(), oldest first
+        self.hold = None      # (Deferred, its time limit) of settled() while a burst goes on
         self.again = False    # notified during an attempt: try once more
         self.timer = None     # the next re-check
         self.error = None     # the failure of the last attempt, if it failed
@@ -116,15 +120,14 @@ class Waiters(Service):
 
     def settled(self, queue_type):
         """None when no dequeue attempt of the type is in flight, else a
-        Deferred that fires once every attempt in flight now has come back
-        (the end of a burst, or the next groups' answers written)."""
+        Deferred that fires once none is (the burst is over), or after
+        MAX_HOLD seconds, whichever comes first."""
         line = self._lines.get(queue_type)
         if line is None or not line.flying:
             return None
-        last = next(reversed(line.flying))
-        if not line.holds or line.holds[-1][0] != last:
-            line.holds.append((last, Deferred()))
-        return line.holds[-1][1]
+        if line.hold is None:
+            line.hold = (Deferred(), self.clock.callLater(MAX_HOLD, self._release, line))
+        return line.hold[0]
 
     async def _once(self, queue_type, count, lease):
         jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
@@ -227,17 +230,20 @@ class Waiters(Service):
             self._attempt(line)
         else:
             self._sleep(line, next_ms)
-        self._release(line)
+        if not line.flying:
+            self._release(line)
 
     def _more(self, line):
         while len(line.flying) < PIPELINE and self._attempt(line):
             pass
 
     def _release(self, line):
-        """Fire the settled() Deferreds whose attempts have all come back."""
-        oldest = next(iter(line.flying), None)
-        while line.holds and (oldest is None or line.holds[0][0] < oldest):
-            line.holds.pop(0)[1].callback(None)
+        """End the hold of settled()."""
+        hold, line.hold = line.hold, None
+        if hold is not None:
+            if hold[1].active():
+                hold[1].cancel()
+            self.clock.callLater(RELEASE_AFTER, hold[0].callback, None)
 
     def _hand_out(self, line, group, jobs, lease):
         """Jobs to the group's waiters in order, each up to its count.  Those
