@@ -15,7 +15,8 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
 import processes  # noqa: E402  (the process harness shared with the tests)
-from processes import cpu_seconds, free_port, tree_cpu_seconds, wait_for  # noqa: E402,F401
+from processes import (cpu_seconds, free_port, tree_cpu_seconds,  # noqa: E402,F401
+                       wait_for)  # (the benches import these from here)
 
 TWISTD = os.environ.get("LPBENCH_TWISTD", "").split() or [os.path.join(os.path.dirname(sys.executable), "twistd")]
 
