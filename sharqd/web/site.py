@@ -127,13 +127,13 @@ class SharqRequest(Request):
         super().process()
 
     def finish(self):
-        transport = self.channel.transport
+        channel = self.channel  # None once the client is gone
         super().finish()
         self._ended()
-        if self.read_next_after is not None and not transport.disconnecting:
+        if self.read_next_after is not None and not channel.transport.disconnecting:
             # the client's next request waits in its socket meanwhile
-            transport.pauseProducing()
-            self.read_next_after.addCallback(_resume, transport)
+            channel.transport.pauseProducing()
+            self.read_next_after.addCallback(_resume, channel.transport)
 
     def connectionLost(self, reason):
         self.gone = not self.finished  # the client hung up before its answer
