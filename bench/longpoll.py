@@ -13,17 +13,17 @@ sharqd of its own (loopback, own redis-server, `twistd -n sharq`).
     .venv/bin/python bench/longpoll.py [--clients 1000] [--idle 10]
     .venv/bin/python bench/longpoll.py --only-burst [--bursts 5] [--workers 2] [--save]
 
-The N clients are asyncio Protocols in this one process (no threads, no
-per-line reads, JSON decoded after the fact), so that they take little of
-the cores they share with sharqd and Redis; each burst prints the client's
-own CPU.  `--save` keeps the burst's figures in bench/RESULTS.json for
+The N waiting clients run in a process of their own, a plain epoll loop
+(lp_harness.PollingClients: about 10-20 us of CPU per answer, JSON decoded
+here after the fact), so that they take little of the cores they share
+with sharqd and Redis and read each answer as it comes; each burst prints
+their CPU.  `--save` keeps the burst's figures in bench/RESULTS.json for
 bench/floors.py (`make bench`).  Bounded in time: the whole run is
 cancelled after --limit seconds.
 """
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import platform
@@ -34,14 +34,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import figures  # noqa: E402
-from lp_harness import (Client, Poller, Servers, cpu_seconds, percentile,  # noqa: E402
-                        tree_cpu_seconds)
+from lp_harness import (Client, PollingClients, Servers, cpu_seconds,  # noqa: E402
+                        percentile, tree_cpu_seconds)
 
 
 class Waiters:
     """N clients, each on its own connection, asking the same long-poll
-    dequeue again as soon as they have an answer (Poller: the event loop's
-    callbacks, no per-line reads, the JSON decoded only when read)."""
+    dequeue again as soon as they have an answer: a PollingClients process
+    (lp_harness.py), the answers' JSON decoded here after the fact."""
 
     def __init__(self, port, n, wait):
         self.port = port
@@ -49,31 +49,25 @@ class Waiters:
         self.request = (f"GET /dequeue/bench/?wait={wait}&lease=600000 HTTP/1.1\r\n"
                         f"Host: bench\r\n\r\n").encode()
         self.answers = []  # (time, body) of each 200
-        self.pollers = []
-        self.arrived = asyncio.Event()
-        self.target = 1  # how many answers until() waits for
-        self.failure = None
+        self.clients = None
 
-    def on_answer(self, now, status, body):
-        if status == 200:
-            self.answers.append((now, body))
-            if len(self.answers) >= self.target:  # until() wakes up once, not per answer
-                self.arrived.set()
-        elif status != 404 and self.failure is None:
-            self.failure = RuntimeError(f"dequeue answered {status}: {body[:200]}")
-            self.arrived.set()
+    def collect(self):
+        """The answers so far (the 200s; a 404 is a wait that ran out)."""
+        for now, status, body in self.clients.fetch():
+            if status == 200:
+                self.answers.append((now, body))
+            elif status != 404:
+                raise RuntimeError(f"dequeue answered {status}: {body[:200]}")
+        return len(self.answers)
 
     @property
     def received(self):
         """(time, queue_id, job_id, payload) of each job delivered."""
+        self.collect()
         return [(t, *_fields(body)) for t, body in self.answers]
 
     async def start(self, servers):
-        loop = asyncio.get_running_loop()
-        for _ in range(self.n):
-            _, poller = await loop.create_connection(
-                lambda: Poller(self.request, self.on_answer), "127.0.0.1", self.port)
-            self.pollers.append(poller)
+        self.clients = PollingClients(self.port, self.n, self.request)
         await self.all_waiting(servers)
 
     async def all_waiting(self, servers):
@@ -82,22 +76,18 @@ class Waiters:
             await asyncio.sleep(0.05)
 
     async def until(self, count, timeout=30):
-        deadline = time.monotonic() + timeout
-        self.target = count
-        while len(self.answers) < count:
-            if self.failure is not None:
-                raise self.failure
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(self.answers)} of {count} jobs delivered")
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), 1)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            await self.clients.tell(count, timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"only {self.collect()} of {count} jobs delivered") from None
+        if self.collect() < count:
+            raise RuntimeError(f"only {len(self.answers)} of {count} jobs delivered")
+
+    def cpu_seconds(self):
+        return self.clients.cpu_seconds()
 
     def stop(self):
-        for poller in self.pollers:
-            poller.transport.close()
+        self.clients.stop()
 
 
 def _fields(body):
@@ -193,27 +183,24 @@ def slowlog_ms(lines):
 async def burst(args, servers, waiters, producer, sharqd, results):
     redis_cli(servers.redis_port, "CONFIG", "SET", "slowlog-log-slower-than", "1000")
     redis_cli(servers.redis_port, "SLOWLOG", "RESET")
-    base = len(waiters.answers)
+    base = waiters.collect()
     jobs = [{"queue_id": f"bq{k}", "job_id": f"b{base}-{k}", "interval": 0, "payload": k}
             for k in range(args.clients)]
     body = json.dumps({"jobs": jobs}).encode()
-    c0, b0 = tree_cpu_seconds(sharqd)[0], time.process_time()
-    gc.collect()
-    gc.disable()  # no collection of this process's 1,000 connections mid-burst
+    c0, b0 = tree_cpu_seconds(sharqd)[0], waiters.cpu_seconds()
     start = time.time()
     status, _ = await producer.request("POST", "/enqueue/bench/", body)
     acked_at = time.time()
     assert status == 201, status
     await waiters.until(base + args.clients)
-    gc.enable()
-    c1, b1 = tree_cpu_seconds(sharqd)[0], time.process_time()
+    c1, b1 = tree_cpu_seconds(sharqd)[0], waiters.cpu_seconds()
     delays = [t - start for t, _ in waiters.answers[base:]]
     from_ack = [max(0.0, t - acked_at) for t, _ in waiters.answers[base:]]
     print(f"burst: {args.clients} jobs in one batch to {args.clients} waiting clients: "
           f"batch request -> delivered {ms(delays)}; batch 201 -> delivered "
           f"{ms(from_ack)} (batch 201 after "
           f"{(acked_at - start) * 1000:.1f} ms; sharqd CPU {c1 - c0:.2f} s for the "
-          f"batch, {args.clients} answers and {args.clients} new waits; this client's CPU "
+          f"batch, {args.clients} answers and {args.clients} new waits; the clients' CPU "
           f"{b1 - b0:.2f} s)", flush=True)
     results["burst"] = delays
     slow = redis_cli(servers.redis_port, "SLOWLOG", "GET", "1000").split("\n")

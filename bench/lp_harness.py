@@ -1,12 +1,19 @@
 """
 Bench harness of the long-poll/batch benches: a redis-server and a sharqd
-(`twistd -n sharq -c <tmp conf>`) of their own, on loopback, and a minimal
-asyncio HTTP/1.1 keep-alive client (so the client costs little CPU).
+(`twistd -n sharq -c <tmp conf>`) of their own, on loopback; a minimal
+asyncio HTTP/1.1 keep-alive client (the producers), and PollingClients:
+many clients asking the same request over and over, in a process of their
+own (the long-poll waiters), so that the clients cost the shared cores
+little.
 """
 
 import asyncio
+import gc
+import multiprocessing
 import os
+import select
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -145,38 +152,95 @@ def parse_answer(buf):
         at = line_end + 2 + size + 2
 
 
-class Poller(asyncio.Protocol):
-    """One keep-alive connection asking the same request over and over,
-    on the event loop's own callbacks (no per-line reads): the cheapest
-    client Python has, so that 1,000 of them in one process cost the
-    shared cores little.  Each answer goes to on_answer(time, status,
-    body) the moment its last byte is read."""
+def poll_forever(port, n, request, conn):
+    """The loop of a PollingClients process: n keep-alive connections, each
+    sending `request` again as soon as it has an answer; answers are kept
+    as (time read, status, body) and handed over on the parent's asking."""
+    gc.disable()  # a short-lived process with no garbage to speak of
+    epoll = select.epoll()
+    socks, buffers, answers, ok = {}, {}, [], [0]
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        socks[sock.fileno()], buffers[sock.fileno()] = sock, b""
+        epoll.register(sock.fileno(), select.EPOLLIN)
+        sock.send(request)
+    epoll.register(conn.fileno(), select.EPOLLIN)
+    waiting_for = None  # tell the parent once this many 200s are in
+    while True:
+        for fd, _ in epoll.poll():
+            if fd == conn.fileno():
+                command, arg = conn.recv()
+                if command == "stop":
+                    for sock in socks.values():
+                        sock.close()
+                    return
+                if command == "fetch":  # the answers from index arg on
+                    conn.send(answers[arg:])
+                elif command == "tell":  # once arg answers are 200s
+                    waiting_for = arg
+            else:
+                now = time.time()
+                data = socks[fd].recv(65536)
+                if not data:
+                    answers.append((now, 0, b"connection closed"))
+                    epoll.unregister(fd)
+                    continue
+                buffers[fd] += data
+                while True:
+                    parsed = parse_answer(buffers[fd])
+                    if parsed is None:
+                        break
+                    status, body, buffers[fd] = parsed
+                    socks[fd].send(request)
+                    answers.append((now, status, body))
+                    ok[0] += status == 200
+            if waiting_for is not None and (ok[0] >= waiting_for or
+                                            answers and answers[-1][1] not in (200, 404)):
+                conn.send(ok[0])
+                waiting_for = None
 
-    def __init__(self, request, on_answer):
-        self.request = request
-        self.on_answer = on_answer
-        self.transport = None
-        self.buf = b""
-        self.closed = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport):
-        self.transport = transport
-        transport.write(self.request)
+class PollingClients:
+    """n clients asking the same request over and over, each on its own
+    keep-alive connection, in a process of their own with a plain epoll
+    loop (no asyncio, no threads): about 10 us of CPU per answer, and on
+    a core of their own when there is one, so that the clients are not
+    what a burst waits for."""
 
-    def data_received(self, data):
-        now = time.time()
-        self.buf += data
-        while True:
-            parsed = parse_answer(self.buf)
-            if parsed is None:
-                return
-            status, body, self.buf = parsed
-            self.transport.write(self.request)
-            self.on_answer(now, status, body)
+    def __init__(self, port, n, request):
+        self.conn, child = multiprocessing.Pipe()
+        self.process = multiprocessing.Process(target=poll_forever,
+                                               args=(port, n, request, child), daemon=True)
+        self.process.start()
+        self.seen = 0
 
-    def connection_lost(self, exc):
-        if not self.closed.done():
-            self.closed.set_result(exc)
+    async def tell(self, count, timeout):
+        """Until count answers are 200s (or one is an error); how many are."""
+        loop = asyncio.get_running_loop()
+        arrived = loop.create_future()
+        loop.add_reader(self.conn.fileno(), lambda: arrived.done() or arrived.set_result(
+            self.conn.recv()))
+        try:
+            self.conn.send(("tell", count))
+            return await asyncio.wait_for(arrived, timeout)
+        finally:
+            loop.remove_reader(self.conn.fileno())
+
+    def fetch(self):
+        """The answers read since the last fetch: [(time, status, body)]."""
+        self.conn.send(("fetch", self.seen))
+        new = self.conn.recv()
+        self.seen += len(new)
+        return new
+
+    def cpu_seconds(self):
+        return cpu_seconds(self.process.pid)
+
+    def stop(self):
+        self.conn.send(("stop", None))
+        self.process.join(10)
 
 
 def percentile(values, p):
