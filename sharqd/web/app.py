@@ -343,8 +343,8 @@ class Api:
         return d.addCallback(_jobs, request, queue_type, many)
 
     def _hold_next(self, jobs, request, queue_type):
-        """In a burst, this client's next request is read once the jobs of
-        the waiters behind it are on their way (see Waiters.settled)."""
+        """In a burst, this client's next request is read once the burst is
+        over (Waiters.settled): the clients behind it are answered first."""
         if jobs:
             request.read_next_after = self.waiters.settled(queue_type)
         return jobs
