@@ -48,10 +48,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 import processes  # noqa: E402  (the process harness shared with the tests)
-import figures  # noqa: E402
-from common import QTYPE  # noqa: E402
-from luascripts import Scripts  # noqa: E402
 from resp import Redis  # noqa: E402
+from run import QTYPE, Scripts  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 MARK = "<!-- sidebyside -->"
@@ -506,6 +504,7 @@ def write_results(markdown):
 
 def save_figures(http_rows, memory, raw, idle, requeue, quick, idle_cluster=()):
     """What bench/floors.py judges, to bench/RESULTS.json."""
+    import figures
     per_op = {side: {op: {k: row[k] for k in ("cpu_us", "redis_us", "redis_cpu_us")}
                      for op, row in rows.items()} for side, rows in http_rows.items()}
     lifecycle = {f"{side}_redis_us": sum(row["redis_us"] for row in per_op[side].values())

@@ -57,11 +57,11 @@ class SharqRequest(Request):
     _too_large = False
     _received = 0
     counted_in = None  # the site, while the request counts as in flight
+    # a Deferred: the connection's next request is not read before it fires
+    read_next_after = None
     gone = False  # the client hung up before its answer
     route = None  # the route template that answers, when known early (metrics)
     began = None  # time.monotonic() when it was routed
-    # a Deferred: the connection's next request is not read before it fires
-    read_next_after = None
     # the request line's parts, known before the body
     target_method = target = target_version = b""
 
