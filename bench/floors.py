@@ -126,7 +126,9 @@ def issue10_rows(found):
         for state in ("queued", "active"):
             mine, theirs = row["sharqd"].get(f"{state}_b"), row["original"].get(f"{state}_b")
             what = f"Redis memory per {state} job, {queues:,} queue_ids <= the original's"
-            if theirs is None:
+            if mine is None:
+                rows.append((side, what, "-", False))
+            elif theirs is None:
                 rows.append((side, what, f"{mine:.0f} B (the original: not measured, its "
                              "dequeue reads every ready queue)", None))
             else:
