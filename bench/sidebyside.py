@@ -430,6 +430,9 @@ def requeue_at_scale(redis, twistd, tmp, jobs):
                          f"j{i}", 0, b'{"n":1}', -1, ""] for i in part])
         redis.pipeline([["EVALSHA", scripts.sha["dequeue"], 0, *head(), 1000] for _ in part])
     active = int(redis.call("ZCARD", f"sharq_server:{{{QTYPE}}}:deadlines"))
+    # registered, as sharqd registers a type before its first enqueue (an
+    # unregistered type is never passed)
+    redis.call("ZADD", "sharq_server:registry", int(time.time()), QTYPE)
     server = Sharqd(tmp, redis.port, twistd, prefix="sharq_server").start()
     latencies, done = [], threading.Event()
 
