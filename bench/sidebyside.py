@@ -49,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 import processes  # noqa: E402  (the process harness shared with the tests)
-from resp import Redis  # noqa: E402
+from resp import Redis, RespError  # noqa: E402
 from run import QTYPE, Scripts  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
@@ -332,19 +332,22 @@ def metrics_paging(redis, sharqd_port, queues):
             "calls": len(entries)}
 
 
-def idle_types(redis, twistd, tmp, types, window):
+def idle_types(redis, twistd, tmp, types, window, registered_ago=0):
     """sharqd and Redis CPU (% of a core) over `window` s with `types`
-    queue types holding one pending job each and nothing to requeue."""
+    queue types holding one pending job each and nothing to requeue,
+    registered `registered_ago` s ago (an hour: the requeue sweep checks
+    whether each type may leave the registry)."""
     scripts = Scripts(redis)
     redis.call("FLUSHALL")
     redis.pipeline([scripts.enqueue_cmd("q", "j", b"{}", qtype=f"t{i}") for i in range(types)])
     # registered as sharqd registers a type before its first enqueue: the
     # requeue pass finds the types in the registry
-    now = int(time.time())
-    redis.pipeline([["ZADD", "sharq_server:registry", now, f"t{i}"] for i in range(types)])
+    then = int(time.time()) - registered_ago
+    redis.pipeline([["ZADD", "sharq_server:registry", then, f"t{i}"] for i in range(types)])
     server = Sharqd(tmp, redis.port, twistd, prefix="sharq_server").start()
     try:
-        return idle_window(server, lambda: redis_cpu(redis), types, window)
+        return dict(idle_window(server, lambda: redis_cpu(redis), types, window),
+                    registered_ago=registered_ago)
     finally:
         server.stop()
         redis.call("FLUSHALL")
@@ -386,11 +389,32 @@ def start_cluster(masters=3):
     return nodes
 
 
-def idle_types_cluster(twistd, tmp, types, window, masters=3):
+def backdate_registry(nodes, types, seconds):
+    """The registry's scores of types t0.. moved `seconds` back, on the
+    node that holds the registry."""
+    then = int(time.time()) - seconds
+    for node in nodes:
+        redis = Redis(port=node.port)
+        try:
+            redis.call("ZCARD", "sharq_server:registry")
+        except RespError:  # MOVED: another node holds it
+            continue
+        finally:
+            redis.close()
+        redis = Redis(port=node.port)
+        redis.pipeline([["ZADD", "sharq_server:registry", then, f"t{i}"]
+                        for i in range(types)])
+        redis.close()
+        return
+    raise RuntimeError("no node holds the registry")
+
+
+def idle_types_cluster(twistd, tmp, types, window, masters=3, registered_ago=0):
     """idle_types on a Redis Cluster of `masters` masters: the types are
-    enqueued (and registered) over HTTP; Redis CPU is that of all nodes
-    from /proc, and the same window before sharqd starts is given too
-    (the nodes' own cluster bus and cron)."""
+    enqueued (and registered) over HTTP, then their registration moved
+    `registered_ago` s back; Redis CPU is that of all nodes from /proc,
+    and the same window after sharqd stopped is given too (the nodes' own
+    cluster bus and cron)."""
     nodes = start_cluster(masters)
     try:
         nodes_cpu = lambda: sum(processes.cpu_seconds(n.pid) for n in nodes)  # noqa: E731
@@ -402,13 +426,15 @@ def idle_types_cluster(twistd, tmp, types, window, masters=3):
                                              for i in range(types)])
             if any(status != 201 for status, _ in answers):
                 raise RuntimeError(f"cluster fill: {Counter(s for s, _ in answers)}")
+            if registered_ago:
+                backdate_registry(nodes, types, registered_ago)
             row = idle_window(server, nodes_cpu, types, window)
         finally:
             server.stop()
         r0, t0 = nodes_cpu(), time.monotonic()
         time.sleep(window)
         row["redis_alone_pct"] = 100 * (nodes_cpu() - r0) / (time.monotonic() - t0)
-        row["masters"] = masters
+        row["masters"], row["registered_ago"] = masters, registered_ago
         return row
     finally:
         for node in nodes:
@@ -560,12 +586,16 @@ def alone(paging, idle, requeue, idle_cluster):
                    f"every 10 ms meanwhile ({requeue['enqueues']:,}): p99 "
                    f"{requeue['p99_ms']:.1f} ms, max {requeue['max_ms']:.1f} ms")
     for row in idle:
+        ago = (f", registered {row['registered_ago'] // 60} minutes ago"
+               if row.get("registered_ago") else "")
         out.append(f"- requeue pass, {row['types']:,} idle types (one pending job each, "
-                   f"nothing expiring): sharqd {row['sharqd_pct']:.1f}% of a core, Redis "
+                   f"nothing expiring{ago}): sharqd {row['sharqd_pct']:.1f}% of a core, Redis "
                    f"{row['redis_pct']:.1f}%")
     for row in idle_cluster:
+        ago = (f", registered {row['registered_ago'] // 60} minutes ago"
+               if row.get("registered_ago") else "")
         out.append(f"- requeue pass on a Redis Cluster of {row['masters']} masters, "
-                   f"{row['types']:,} idle types: sharqd {row['sharqd_pct']:.1f}% of a core, "
+                   f"{row['types']:,} idle types{ago}: sharqd {row['sharqd_pct']:.1f}% of a core, "
                    f"Redis (all nodes) {row['redis_pct']:.1f}% (the nodes alone, without "
                    f"sharqd: {row['redis_alone_pct']:.1f}%)")
     out.append(MARK)
@@ -679,9 +709,18 @@ def main():
             for types in idle_counts if "idle" in only else ():
                 log(f"requeue pass with {types} idle types")
                 idle.append(idle_types(redis, args.twistd, tmp, types, window))
+            if "idle" in only:
+                log(f"requeue pass with {idle_counts[-1]} idle types registered long ago")
+                idle.append(idle_types(redis, args.twistd, tmp, idle_counts[-1], window,
+                                       registered_ago=3600))
             for types in idle_counts if "idle-cluster" in only else ():
                 log(f"requeue pass with {types} idle types on a Redis Cluster")
                 idle_cluster.append(idle_types_cluster(args.twistd, tmp, types, window))
+            if "idle-cluster" in only:
+                log(f"requeue pass with {idle_counts[-1]} idle types registered long ago "
+                    "on a Redis Cluster")
+                idle_cluster.append(idle_types_cluster(args.twistd, tmp, idle_counts[-1],
+                                                       window, registered_ago=3600))
             if "requeue" in only:
                 log(f"requeue of {args.requeue_jobs} expired jobs")
                 requeue = requeue_at_scale(redis, args.twistd, tmp, args.requeue_jobs)

@@ -3,13 +3,14 @@ The requeue service: its timer with task.Clock, and its passes and lock on
 a real redis-server.
 """
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import RedisUnavailable
-from sharqd.queue.requeue import SWEEP_SECONDS, RequeueService
+from sharqd.queue.operations import FORGET_AFTER, SCRIPTS
+from sharqd.queue.requeue import FORGET_ROUNDS, SWEEP_SECONDS, RequeueService
 from support import make_queue
 
 
@@ -19,6 +20,7 @@ class ScriptedQueue:
 
     def __init__(self):
         self.locks = 0  # passes started
+        self.sweeps = 0  # checks of every registered type
         self.fail = False
         self.stall = None
 
@@ -31,6 +33,10 @@ class ScriptedQueue:
         return []
 
     async def registered_types(self):
+        self.sweeps += 1
+        return []
+
+    def unsure_types(self):
         return []
 
     async def registry_size(self):
@@ -83,6 +89,20 @@ class TimerTests(TestCase):
         self.assertIn("Redis at x is not reachable", lines[0][1])
         self.assertEqual(lines[1], (LogLevel.info, "Requeue passes work again"))
         self.assertFalse(any("log_failure" in e for e in events))
+
+    def test_every_type_is_checked_at_start_and_after_failing_passes(self):
+        """When the service starts, and when passes work again after an
+        outage (a dequeue's reply may have been lost after its script ran),
+        the next pass checks every registered type; other passes do not."""
+        self.clock.advance(0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(self.queue.sweeps, 1)
+        self.queue.fail = RedisUnavailable("Redis at x is not reachable")
+        self.clock.advance(0.5)
+        self.queue.fail = False
+        self.clock.advance(0.5)
+        self.clock.advance(0.5)
+        self.assertEqual(self.queue.sweeps, 2)
 
     def test_slow_pass_is_not_overlapped(self):
         """When a pass is still running at the next tick, that tick is skipped."""
@@ -325,6 +345,30 @@ class DueIndexTests(TestCase):
                 break
         self.assertEqual(bounds, [1234])
 
+    async def test_lost_dequeue_reply_is_checked_by_the_next_pass(self):
+        """When a dequeue's script ran but its reply was lost (the
+        connection dropped), the next pass checks its type, and the job
+        comes back when its lease ends."""
+        execute = self.q.execute
+
+        def lossy(*command):
+            d = execute(*command)
+            if command[0] == b"EVALSHA" and command[1] == SCRIPTS["dequeue"].sha:
+                d.addCallback(lambda _: fail(RedisUnavailable("connection lost")))
+            return d
+        service = self.service()
+        await service.run_pass()
+        await self.put("a")
+        self.q.execute = lossy
+        with self.assertRaises(RedisUnavailable):
+            await self.q.dequeue("sms")
+        self.q.execute = execute
+        self.assertEqual(await self.pending(), 0)
+        await service.run_pass()
+        self.clock.advance(1.001)
+        self.assertEqual(await service.run_pass(), 1)
+        self.assertEqual(await self.pending(), 1)
+
     async def test_start_sweep_finds_a_deadline_never_marked(self):
         """When sharqd died between a dequeue and its mark, the next sharqd's
         first pass finds the deadline and puts the job back."""
@@ -366,6 +410,25 @@ class DueIndexTests(TestCase):
             passes += 1
         self.assertEqual(await self.pending(), 1)
         self.assertGreater(passes, 1)  # found by the sweep, not by a mark
+
+    async def test_idle_type_leaves_the_registry_through_the_sweep(self):
+        """When a type has been idle for FORGET_AFTER, the passes' sweep of
+        the registry drops it (a busy type stays), without a pass over
+        every type."""
+        await self.put("a")
+        await self.put("b", qtype="email")
+        job = await self.q.dequeue("sms")
+        await self.q.finish("sms", "q1", job.job_id)
+        service = self.service()
+        await service.run_pass()
+        self.clock.advance(FORGET_AFTER + 1)
+        passes = 0
+        while ("sms" in await self.q.registered_types()
+               and passes < FORGET_ROUNDS * SWEEP_SECONDS + 2):
+            await service.run_pass()
+            passes += 1
+        self.assertEqual(await self.q.registered_types(), ["email"])
+        self.assertGreater(passes, 1)
 
 
 class DueIndexClusterTests(DueIndexTests):

@@ -259,6 +259,10 @@ class Queue:
         self.registry = f"{key_prefix}:registry"
         # the index of due types (lua/due.lua), in a slot of its own
         self.due_keys = tuple(f"{key_prefix}:{{due}}:{name}" for name in ("at", "gen", "seq"))
+        # types whose dequeue or touch failed: the script may have run (a
+        # reply lost with its connection) and set a deadline nobody marked;
+        # the requeue service checks them (unsure_types)
+        self._unsure = set()
         self.job_expire_interval = job_expire_interval
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
@@ -314,7 +318,21 @@ class Queue:
     def dequeue(self, queue_type, lease=None):
         """Deferred of the next ready job of the type, or of None."""
         d = self._run("dequeue", queue_type, lease or self.job_expire_interval)
-        return d.addCallback(self._dequeued, queue_type)
+        return d.addCallbacks(self._dequeued, self._failed_unsure, (queue_type,), None,
+                              (queue_type,))
+
+    def _failed_unsure(self, failure, queue_type):
+        self._unsure.add(queue_type)
+        return failure
+
+    def unsure_types(self):
+        """The types whose dequeue (or touch) failed since the last call."""
+        unsure, self._unsure = self._unsure, set()
+        return sorted(unsure)
+
+    def still_unsure(self, types):
+        """unsure_types() gave these, and checking them failed."""
+        self._unsure.update(types)
 
     def _dequeued(self, reply, queue_type):
         if isinstance(reply, list) and len(reply) > 6:
@@ -539,7 +557,8 @@ class Queue:
         """Up to count ready jobs of the type, and the milliseconds until
         the type's next ready time (None when nothing is pending)."""
         reply = await self._run("dequeuebatch", queue_type,
-                                lease or self.job_expire_interval, count)
+                                lease or self.job_expire_interval, count).addErrback(
+                                    self._failed_unsure, queue_type)
         if reply[0] == -2:
             raise TypePaused(queue_type)
         if len(reply) % 6 == 2:  # the type's deadline bound went down
@@ -571,7 +590,8 @@ class Queue:
         """Move an active job's deadline to now + lease; returns the deadline
         (epoch ms).  With lease_id, only if that is its current lease."""
         reply = await self._run("touch", queue_type, queue_id, job_id,
-                                lease or self.job_expire_interval, lease_id or b"")
+                                lease or self.job_expire_interval, lease_id or b"").addErrback(
+                                    self._failed_unsure, queue_type)
         if reply == -1:
             raise _not_current_lease(queue_type, queue_id, job_id, lease_id)
         if not reply:

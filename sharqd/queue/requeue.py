@@ -33,15 +33,18 @@ lowers the bound of type T (tests/test_requeue.py drives each):
   that was lower was marked.
 
 sharqd can die between a script and its mark (and an older sharqd writes
-no marks): when the service starts it checks every registered type, and
-each pass checks a page of the registry (a ZSCAN cursor) so that every
-type is checked within about SWEEP_SECONDS; a type whose earliest deadline
-is below its bound (or has none) is marked.  The same pages drop types idle
+no marks): when the service starts, and when passes work again after
+failing, it checks every registered type, and each pass checks a page of
+the registry (a ZSCAN cursor) so that every type is checked within about
+SWEEP_SECONDS; a type whose earliest deadline is below its bound (or has
+none) is marked.  A dequeue or touch that failed (its script may have run,
+its reply lost with its connection) has its type checked by the next pass.  The same pages drop types idle
 for long from the registry.
 """
 
 import math
 import os
+import zlib
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
@@ -54,6 +57,11 @@ BATCH = 100  # jobs per script call: keeps each Redis call to about 2 ms
 AT_ONCE = 16  # script calls of one pass in flight together
 SWEEP_AT_ONCE = 64  # commands of a sweep in flight together (plain reads)
 SWEEP_SECONDS = 60  # every registered type is checked about this often
+# the sweep also drops idle types from the registry, each type every this
+# many rounds (a script call for each type not registered for long: not
+# worth doing every minute, as a type stays 15 minutes anyway); a fifth of
+# each page, so that every minute costs the same
+FORGET_ROUNDS = 5
 
 
 async def _each(function, items, at_once=AT_ONCE):
@@ -83,6 +91,7 @@ class RequeueService(Service):
         self.passes = 0
         self.swept = False  # every registered type checked since the start
         self.cursor = b"0"  # of the registry's pages
+        self.rounds = 0  # of the registry by the sweep
         self.owed = 0.0  # types the sweep is behind its pace
         self._loop = None
         self._running = None
@@ -127,6 +136,9 @@ class RequeueService(Service):
     def _worked(self, result):
         if self.failing:
             self.failing = False
+            # while Redis was away, a dequeue's reply may have been lost
+            # after its script ran, here or in another process: check all
+            self.swept = False
             self.log.info("Requeue passes work again")
         return result
 
@@ -178,6 +190,12 @@ class RequeueService(Service):
             if types:
                 await _each(self.queue.forget_if_idle, types)
             self.swept = True
+        unsure = self.queue.unsure_types()
+        try:
+            await self.sweep(unsure)
+        except Exception:
+            self.queue.still_unsure(unsure)
+            raise
         total = await self.requeue_due()
         await self.sweep_page()
         self._forget_lapsed_locks()
@@ -232,16 +250,21 @@ class RequeueService(Service):
     async def sweep_page(self):
         """Check a page of the registry: about interval / SWEEP_SECONDS of
         it per pass, so that every type is checked about every
-        SWEEP_SECONDS; a type idle for long leaves the registry."""
+        SWEEP_SECONDS; a type idle for long leaves the registry (each type
+        looked at every FORGET_ROUNDS rounds)."""
         self.owed += await self.queue.registry_size() * self.interval / SWEEP_SECONDS
         if self.owed < 1:
             return
         # a small registry comes whole (ZSCAN of a listpack): the passes
         # after it owe nothing until it is due again
+        turn = self.rounds % FORGET_ROUNDS
         self.cursor, page = await self.queue.registry_page(self.cursor,
                                                            math.ceil(self.owed))
+        if self.cursor in (b"0", 0):
+            self.rounds += 1
         self.owed = min(0.0, self.owed - len(page)) if page else 0.0
         await self.sweep([t for t, _ in page])
         cutoff = self.queue.forget_cutoff()
-        old = [(t, score) for t, score in page if score <= cutoff]
+        old = [(t, score) for t, score in page if score <= cutoff
+               and zlib.crc32(t.encode()) % FORGET_ROUNDS == turn]
         await _each(lambda e: self.queue.forget_if_idle(e[0], cutoff, e[1]), old)

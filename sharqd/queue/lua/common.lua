@@ -343,14 +343,13 @@ end
 -- is only when the type had no active job since its last requeue pass.
 local K_INDEXED = BASE .. ':indexed'
 local DUE_MARK = false
+local INDEXED  -- read once per call
 local function set_deadline(member, at)
   redis.call('ZADD', K_DEADLINES, at, member)
-  if DUE_MARK and at >= DUE_MARK then return end
-  local indexed = tonumber(redis.call('GET', K_INDEXED))
-  if not indexed or at < indexed then
-    redis.call('SET', K_INDEXED, at)
-    DUE_MARK = at
-  end
+  if INDEXED == nil then INDEXED = tonumber(redis.call('GET', K_INDEXED)) or false end
+  if INDEXED and at >= INDEXED then return end
+  redis.call('SET', K_INDEXED, at)
+  INDEXED, DUE_MARK = at, at
 end
 
 -- Take the head job of the earliest ready queue (dequeue.lua, batches).
