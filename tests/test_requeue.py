@@ -39,6 +39,9 @@ class ScriptedQueue:
     def unsure_types(self):
         return []
 
+    async def legacy_types(self):
+        return []
+
     async def registry_size(self):
         return 0
 

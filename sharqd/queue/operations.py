@@ -435,6 +435,11 @@ class Queue:
         types.update(await self.execute(b"SMEMBERS", f"{self.prefix}:types"))
         return sorted(t.decode() for t in types)
 
+    async def legacy_types(self):
+        """The types of `<prefix>:types`, the set of earlier versions."""
+        return sorted(t.decode() for t in await self.execute(
+            b"SMEMBERS", f"{self.prefix}:types"))
+
     async def queue_types(self):
         """The types with any pending or active job."""
         return (await self.global_metrics())[0]

@@ -185,10 +185,12 @@ class RequeueService(Service):
         process holds (or takes), then check a page of the registry;
         returns how many jobs were examined."""
         if not self.swept:
-            types = await self.queue.registered_types()
-            await self.sweep(types)
-            if types:
-                await _each(self.queue.forget_if_idle, types)
+            await self.sweep(await self.queue.registered_types())
+            # the set of earlier versions is read here only: its idle
+            # types leave it here (the registry's, in the sweep's pages)
+            legacy = await self.queue.legacy_types()
+            if legacy:
+                await _each(self.queue.forget_if_idle, legacy)
             self.swept = True
         unsure = self.queue.unsure_types()
         try:
