@@ -28,9 +28,15 @@ lowers the bound of type T (tests/test_requeue.py drives each):
 - D's script after P's requeue call: P's bound may not know D's deadline,
   but D's mark either changed the generation (no settle) or lowers the
   bound after the settle.
-- A deadline that was not below the bound needs no mark: the bound is at
-  most the earliest deadline a requeue call saw, and every later deadline
-  that was lower was marked.
+- A deadline that was not below the bound needs no mark: the bound (as
+  the type's slot knows it, P:{T}:indexed) is at most the earliest
+  deadline a requeue call saw, and every later deadline that was lower
+  was marked.
+- Two passes of T (a lock that lapsed in a long pass): with no mark
+  between them, the later requeue call's earliest deadline is at least
+  the earlier one's, so whichever settle lands last leaves a bound at
+  most every deadline.  Generations come from one counter: a type dropped
+  and marked again never shows a generation a pass read before.
 
 sharqd can die between a script and its mark (and an older sharqd writes
 no marks): when the service starts, and when passes work again after
@@ -38,8 +44,8 @@ failing, it checks every registered type, and each pass checks a page of
 the registry (a ZSCAN cursor) so that every type is checked within about
 SWEEP_SECONDS; a type whose earliest deadline is below its bound (or has
 none) is marked.  A dequeue or touch that failed (its script may have run,
-its reply lost with its connection) has its type checked by the next pass.  The same pages drop types idle
-for long from the registry.
+its reply lost with its connection) has its type checked by the next pass.
+The same pages drop types idle for long from the registry.
 """
 
 import math
@@ -52,6 +58,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sharqd.errors import RedisUnavailable
+from sharqd.queue.operations import DUE_STEP
 
 BATCH = 100  # jobs per script call: keeps each Redis call to about 2 ms
 AT_ONCE = 16  # script calls of one pass in flight together
@@ -246,7 +253,8 @@ class RequeueService(Service):
             self.log.info("Requeue index: marked the deadlines of {n} types it did "
                           "not hold ({types})", n=len(lost),
                           types=", ".join(t for t, _ in lost[:5]))
-            await self.queue.mark_due(lost)
+            for i in range(0, len(lost), DUE_STEP):  # each call a few ms at most
+                await self.queue.mark_due(lost[i:i + DUE_STEP])
         return len(lost)
 
     async def sweep_page(self):
