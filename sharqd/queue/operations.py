@@ -318,7 +318,7 @@ class Queue:
     def dequeue(self, queue_type, lease=None):
         """Deferred of the next ready job of the type, or of None."""
         d = self._run("dequeue", queue_type, lease or self.job_expire_interval)
-        return d.addCallbacks(self._dequeued, self._failed_unsure, (queue_type,), None,
+        return d.addCallbacks(self._marked_job, self._failed_unsure, (queue_type,), None,
                               (queue_type,))
 
     def _failed_unsure(self, failure, queue_type):
@@ -334,7 +334,7 @@ class Queue:
         """unsure_types() gave these, and checking them failed."""
         self._unsure.update(types)
 
-    def _dequeued(self, reply, queue_type):
+    def _marked_job(self, reply, queue_type):
         if isinstance(reply, list) and len(reply) > 6:
             # the job is answered once its deadline is in the index
             return self.mark_due([(queue_type, reply[6])]).addCallback(
