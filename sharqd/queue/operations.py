@@ -41,7 +41,7 @@ DUE_LIMIT = 10000
 DUE_STEP = 1000
 
 # The registry of queue types (`<prefix>:registry`, a zset type -> epoch s)
-# is what the requeue pass and GET /metrics/ go through: no script touches
+# is what the requeue sweep and GET /metrics/ go through: no script touches
 # a key outside its type's hash slot, so sharqd writes it itself, before a
 # type's first enqueue and then at most every REGISTER_EVERY s per process.
 # A type leaves it once idle (no queue, no count in 11 minutes) and not
@@ -431,9 +431,8 @@ class Queue:
     async def registered_types(self):
         """Every type of the registry (with `<prefix>:types`, the set of
         earlier versions, until its types are idle)."""
-        types = set(await self.execute(b"ZRANGE", self.registry, 0, -1))
-        types.update(await self.execute(b"SMEMBERS", f"{self.prefix}:types"))
-        return sorted(t.decode() for t in types)
+        types = {t.decode() for t in await self.execute(b"ZRANGE", self.registry, 0, -1)}
+        return sorted(types.union(await self.legacy_types()))
 
     async def legacy_types(self):
         """The types of `<prefix>:types`, the set of earlier versions."""
