@@ -752,7 +752,7 @@ def main():
     print(markdown)
     if not args.no_write and only == set(PARTS):
         write_results(markdown)
-        save_figures(http_rows, memory, raw, idle, requeue, args.quick)
+        save_figures(http_rows, memory, raw, idle, requeue, args.quick, idle_cluster)
 
 
 if __name__ == "__main__":
