@@ -152,6 +152,8 @@ def issue10_rows(found):
     idle = [(row, "") for row in side.get("idle", [])] + \
         [(row, f", Redis Cluster of {row.get('masters', 3)}") for row in side.get("idle_cluster", [])]
     for row, where in idle:
+        if row.get("registered_ago"):  # the types' registry entries up for the sweep
+            where += f", registered {row['registered_ago'] // 60} minutes before"
         rows.append((side, f"idle cost, {row['types']:,} types{where}: sharqd and Redis each "
                      f"< {IDLE_PCT:g}% of a core",
                      f"sharqd {row['sharqd_pct']:.1f}%, Redis {row['redis_pct']:.1f}%",
