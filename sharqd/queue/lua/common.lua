@@ -47,26 +47,37 @@ local function add_enqueue_totals(reply)
   add_total('rejected_max_queued_length', full)
 end
 
--- Two keys per queue (docs/redis-layout.md):
--- pending:<qid>  list of the pending jobs, in order, each as its job text
---                "<job id> <requeues left> <requeue limit> <payload>"
+-- Two keys per queue and one per type for the jobs (docs/redis-layout.md):
+-- pending:<qid>  list of the pending jobs, in order, each as
+--                "<job id> <job>"
 -- meta:<qid>     hash of the queue's own fields (below) and of its jobs:
 --                field "." .. job id (ids have no "."), "" while pending,
---                "<lease id> <requeues left> <requeue limit> <payload>"
---                while active.  The job field is the duplicate check (R8).
--- Payloads are spliced in and cut out as text, never decoded.
+--                "<lease id> <entry id>" while active.  The job field is
+--                the duplicate check (R8).
+-- activejobs     stream (of the type): an active job's "<job>", under the
+--                entry id its field names.  A stream packs its entries
+--                (a hash would spend ~60 bytes more per job on a payload
+--                too long for a compact hash), and keeps the meta hashes
+--                small enough to stay compact.
+-- A job is "<requeues left> <requeue limit> <payload>": payloads are
+-- spliced in and cut out as text, never decoded.
 local function k_pending(qid) return BASE .. ':pending:' .. qid end
 local function k_meta(qid) return BASE .. ':meta:' .. qid end
+local K_ACTIVE_JOBS = BASE .. ':activejobs'
 local function job_field(jid) return '.' .. jid end
 
--- "<a> <b> <c> <rest>" (a job text or an active job's value) -> a, b, c,
--- rest, and everything after a.
-local function split_job(text)
+-- "<word> <rest>" -> word, rest
+local function cut(text)
   local i = string.find(text, ' ', 1, true)
-  local j = string.find(text, ' ', i + 1, true)
-  local k = string.find(text, ' ', j + 1, true)
-  return string.sub(text, 1, i - 1), string.sub(text, i + 1, j - 1),
-         string.sub(text, j + 1, k - 1), string.sub(text, k + 1), string.sub(text, i + 1)
+  return string.sub(text, 1, i - 1), string.sub(text, i + 1)
+end
+
+-- An active job's value in its meta field -> the job (nil when its entry
+-- is gone: a damaged store) and the entry id.
+local function active_job(value)
+  local _, id = cut(value)
+  local entry = redis.call('XRANGE', K_ACTIVE_JOBS, id, id)[1]
+  return entry and entry[2][2], id
 end
 local K_TYPE_POLICY = BASE .. ':typepolicy'  -- hash, the type's default policy and type_paused
 -- meta fields: interval, override ("1" when set by /interval/), last (last
@@ -398,7 +409,9 @@ local function take_one(lease, tally)
       if not text then
         redis.call('ZREM', K_READY, qid)
       else
-        local jid, budget, _, payload, job = split_job(text)
+        local jid, job = cut(text)
+        local budget, rest = cut(job)
+        local _, payload = cut(rest)
         local meta = k_meta(qid)
         if pol.rate then
           gcra_take(meta, m, pol)
@@ -412,8 +425,9 @@ local function take_one(lease, tally)
         -- a "hold" left from a queue that disappeared is now in the past
         -- (this dequeue waited for it), so it no longer counts: no HDEL
         m.last, m.active = NOW, m.active + 1
+        local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
         redis.call('HSET', meta, 'last', NOW, 'active', m.active,
-                   job_field(jid), lease_id .. ' ' .. job)
+                   job_field(jid), lease_id .. ' ' .. id)
         local left = redis.call('LLEN', pending)
         if left > 0 then
           place(qid, m, true)
@@ -447,9 +461,11 @@ end
 -- cap becomes ready again.  Returns 1, 0 when the job is not active, 2
 -- when lease_id is not its current lease.
 local function finish_job(qid, jid, lease_id)
-  local ok = check_lease(qid, jid, lease_id)
+  local ok, value = check_lease(qid, jid, lease_id)
   if ok ~= 1 then return ok end
   redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid)
+  local _, id = cut(value)
+  redis.call('XDEL', K_ACTIVE_JOBS, id)
   local meta = k_meta(qid)
   redis.call('HDEL', meta, job_field(jid))
   local active = redis.call('HINCRBY', meta, 'active', -1)

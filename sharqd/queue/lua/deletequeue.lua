@@ -27,6 +27,8 @@ if ARGV[6] == '1' then
     if string.byte(all[i]) == 46 and all[i + 1] ~= '' then  -- "."
       active[#active + 1] = all[i]
       redis.call('ZREM', K_DEADLINES, qid .. ':' .. string.sub(all[i], 2))
+      local _, id = cut(all[i + 1])
+      redis.call('XDEL', K_ACTIVE_JOBS, id)
     end
   end
   drop(active)

@@ -13,8 +13,12 @@ for i = #due, 1, -1 do
   redis.call('ZREM', K_DEADLINES, member)
   local meta, field = k_meta(qid), job_field(jid)
   local value = redis.call('HGET', meta, field)
-  if value and value ~= '' then
-    local _, budget_text, limit, payload = split_job(value)
+  local job, id
+  if value and value ~= '' then job, id = active_job(value) end
+  if job then
+    redis.call('XDEL', K_ACTIVE_JOBS, id)
+    local budget_text, rest = cut(job)
+    local limit, payload = cut(rest)
     local budget = tonumber(budget_text)
     redis.call('HINCRBY', meta, 'active', -1)
     if budget == 0 then
@@ -48,6 +52,10 @@ for i = #due, 1, -1 do
       place(qid)
       requeued = requeued + 1
     end
+  elseif value and value ~= '' then  -- its job is gone (a damaged store)
+    redis.call('HDEL', meta, field)
+    redis.call('HINCRBY', meta, 'active', -1)
+    forget_if_empty(qid)
   end
 end
 notify_ready()
