@@ -381,6 +381,7 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   if length == 0 then
     redis.call('PERSIST', meta)
     redis.call('SADD', K_QUEUES, qid)
+    redis.call('HSETNX', K_TOTALS, 'layout', '2')  -- born in today's layout (migrate.lua)
     redis.call('HSET', meta, 'since', NOW)
   end
   if length == 0 or changed then place(qid) end
