@@ -1,6 +1,6 @@
 """
-The upgrade of the Redis layout at startup.  sharqd 2 keeps a queue in two
-keys and a stream per type where sharqd 1 had six keys per queue and one
+The upgrade of the Redis layout at startup.  Layout 2 keeps a queue in two
+keys and a stream per type where layout 1 had six keys per queue and one
 more per queue and minute (docs/redis-layout.md); a Redis holding jobs in
 the old layout keeps them: before the queue operations run, the parent
 process moves every queue of every known type (migrate.lua, one atomic

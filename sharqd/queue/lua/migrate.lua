@@ -1,4 +1,4 @@
--- Moves one queue of the layout of sharqd 1.x (a pending list of job ids;
+-- Moves one queue of layout 1 (earlier versions: a pending list of job ids;
 -- per queue payload:, budget: with "lease:<job id>" fields, limit: and
 -- active: keys, and a stats:<queue_id>:<minute> hash per minute) to
 -- today's (see k_meta), in one atomic step.  ARGV[5] queue_id.
