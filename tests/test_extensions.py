@@ -326,9 +326,8 @@ class DeadLetters(TestCase):
         await self.q.requeue("sms", 10)
         await self.q.dequeue("sms")
         await self.q.finish("sms", "q1", "a")
-        fields = await self.q.execute(b"HKEYS", f"{self.q.prefix}:{{sms}}:meta:q1")
-        self.assertIn(b".keep", fields)
-        self.assertNotIn(b".a", fields)
+        fields = await self.q.execute(b"HKEYS", f"{self.q.prefix}:{{sms}}:jobs:q1")
+        self.assertEqual(fields, [b"keep"])
         stream = f"{self.q.prefix}:{{sms}}:activejobs"
         self.assertEqual(await self.q.execute(b"XLEN", stream), 0)
 

@@ -47,24 +47,25 @@ local function add_enqueue_totals(reply)
   add_total('rejected_max_queued_length', full)
 end
 
--- Two keys per queue and one per type for the jobs (docs/redis-layout.md):
+-- Three keys per queue and one per type for the jobs (docs/redis-layout.md):
 -- pending:<qid>  list of the pending jobs, in order, each as
 --                "<job id> <job>"
--- meta:<qid>     hash of the queue's own fields (below) and of its jobs:
---                field "." .. job id (ids have no "."), "" while pending,
---                "<lease id> <entry id>" while active.  The job field is
---                the duplicate check (R8).
+-- jobs:<qid>     hash job id -> "" while pending, "<lease id> <entry id>"
+--                while active: the duplicate check (R8), and short values
+--                only, so it stays a compact listpack up to 128 jobs
+-- meta:<qid>     hash of the queue's own fields (below): apart from the
+--                jobs, so that reading them scans a few fields, not a
+--                listpack of every job
 -- activejobs     stream (of the type): an active job's "<job>", under the
 --                entry id its field names.  A stream packs its entries
 --                (a hash would spend ~60 bytes more per job on a payload
---                too long for a compact hash), and keeps the meta hashes
---                small enough to stay compact.
+--                too long for a compact hash).
 -- A job is "<requeues left> <requeue limit> <payload>": payloads are
 -- spliced in and cut out as text, never decoded.
 local function k_pending(qid) return BASE .. ':pending:' .. qid end
 local function k_meta(qid) return BASE .. ':meta:' .. qid end
+local function k_jobs(qid) return BASE .. ':jobs:' .. qid end
 local K_ACTIVE_JOBS = BASE .. ':activejobs'
-local function job_field(jid) return '.' .. jid end
 
 -- "<word> <rest>" -> word, rest
 local function cut(text)
@@ -72,7 +73,7 @@ local function cut(text)
   return string.sub(text, 1, i - 1), string.sub(text, i + 1)
 end
 
--- An active job's value in its meta field -> the job (nil when its entry
+-- An active job's value in its jobs hash -> the job (nil when its entry
 -- is gone: a damaged store) and the entry id.
 local function active_job(value)
   local _, id = cut(value)
@@ -356,15 +357,15 @@ end
 -- the queue's interval if it has one.  Does not count.
 -- Returns 201 | 409 | 429 and the pending length after (before for 429).
 local function enqueue_job(qid, jid, interval, payload, limit, max_length)
-  local meta, pending, field = k_meta(qid), k_pending(qid), job_field(jid)
+  local meta, pending, jobs = k_meta(qid), k_pending(qid), k_jobs(qid)
   if max_length ~= '' then  -- a duplicate answers 409 before a full queue 429
-    if redis.call('HEXISTS', meta, field) == 1 then return 409, 0 end
+    if redis.call('HEXISTS', jobs, jid) == 1 then return 409, 0 end
     local length = redis.call('LLEN', pending)
     if length >= tonumber(max_length) then return 429, length end
   end
   -- the job field is the job's "exists" mark: HSETNX checks and stores at
   -- once, and RPUSH tells the length (calls are what a batch pays for)
-  if redis.call('HSETNX', meta, field, '') == 0 then return 409, 0 end
+  if redis.call('HSETNX', jobs, jid, '') == 0 then return 409, 0 end
   local length = redis.call('RPUSH', pending,
                             jid .. ' ' .. limit .. ' ' .. limit .. ' ' .. payload) - 1
   local m = redis.call('HMGET', meta, 'override', 'interval', SLOT)
@@ -427,8 +428,8 @@ local function take_one(lease, tally)
         -- (this dequeue waited for it), so it no longer counts: no HDEL
         m.last, m.active = NOW, m.active + 1
         local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
-        redis.call('HSET', meta, 'last', NOW, 'active', m.active,
-                   job_field(jid), lease_id .. ' ' .. id)
+        redis.call('HSET', meta, 'last', NOW, 'active', m.active)
+        redis.call('HSET', k_jobs(qid), jid, lease_id .. ' ' .. id)
         local left = redis.call('LLEN', pending)
         if left > 0 then
           place(qid, m, true)
@@ -449,7 +450,7 @@ end
 -- Returns 1 yes (or not given), 0 the job is not active, 2 another lease;
 -- then the job's value (see k_meta) when it is active.
 local function check_lease(qid, jid, lease_id)
-  local value = redis.call('HGET', k_meta(qid), job_field(jid))
+  local value = redis.call('HGET', k_jobs(qid), jid)
   if not value or value == '' then return 0 end
   if lease_id ~= nil and lease_id ~= ''
       and string.sub(value, 1, #lease_id + 1) ~= lease_id .. ' ' then
@@ -468,7 +469,7 @@ local function finish_job(qid, jid, lease_id)
   local _, id = cut(value)
   redis.call('XDEL', K_ACTIVE_JOBS, id)
   local meta = k_meta(qid)
-  redis.call('HDEL', meta, job_field(jid))
+  redis.call('HDEL', k_jobs(qid), jid)
   local active = redis.call('HINCRBY', meta, 'active', -1)
   if redis.call('HEXISTS', meta, 'held') == 1 then place(qid) end
   if active <= 0 then forget_if_empty(qid) end

@@ -2,18 +2,18 @@
 -- Returns 1, or 0 for no such queue.
 local qid = ARGV[5]
 if redis.call('SISMEMBER', K_QUEUES, qid) == 0 then return 0 end
-local meta, pending = k_meta(qid), k_pending(qid)
+local meta, pending, jobs = k_meta(qid), k_pending(qid), k_jobs(qid)
 
 -- HDEL the given job fields, a bounded number of arguments at a time
 local function drop(fields)
   for i = 1, #fields, 1000 do
-    redis.call('HDEL', meta, unpack(fields, i, math.min(i + 999, #fields)))
+    redis.call('HDEL', jobs, unpack(fields, i, math.min(i + 999, #fields)))
   end
 end
 
 local fields = {}
 for _, text in ipairs(redis.call('LRANGE', pending, 0, -1)) do
-  fields[#fields + 1] = job_field(string.sub(text, 1, string.find(text, ' ', 1, true) - 1))
+  fields[#fields + 1] = string.sub(text, 1, string.find(text, ' ', 1, true) - 1)
 end
 drop(fields)
 add_total('deleted', #fields)  -- pending no more (stats.lua)
@@ -21,12 +21,12 @@ redis.call('DEL', pending)
 unplace(qid)
 redis.call('HDEL', meta, 'since')
 if ARGV[6] == '1' then
-  -- the active jobs are the job fields with a value (pending ones are gone)
-  local all, active = redis.call('HGETALL', meta), {}
+  -- the jobs left are the active ones (the pending ones are gone)
+  local all, active = redis.call('HGETALL', jobs), {}
   for i = 1, #all, 2 do
-    if string.byte(all[i]) == 46 and all[i + 1] ~= '' then  -- "."
+    if all[i + 1] ~= '' then
       active[#active + 1] = all[i]
-      redis.call('ZREM', K_DEADLINES, qid .. ':' .. string.sub(all[i], 2))
+      redis.call('ZREM', K_DEADLINES, qid .. ':' .. all[i])
       local _, id = cut(all[i + 1])
       redis.call('XDEL', K_ACTIVE_JOBS, id)
     end

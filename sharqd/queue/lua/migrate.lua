@@ -10,7 +10,7 @@ local qid = ARGV[5]
 local payloads, budgets = BASE .. ':payload:' .. qid, BASE .. ':budget:' .. qid
 local limits, actives = BASE .. ':limit:' .. qid, BASE .. ':active:' .. qid
 if redis.call('EXISTS', payloads, budgets, actives) == 0 then return 0 end
-local meta, pending = k_meta(qid), k_pending(qid)
+local meta, pending, jobs = k_meta(qid), k_pending(qid), k_jobs(qid)
 
 -- "<requeues left> <requeue limit> <payload>", or nil when the payload is
 -- gone; the limit was kept at the first requeue, else it is the budget
@@ -27,7 +27,7 @@ for _, jid in ipairs(redis.call('LRANGE', pending, 0, -1)) do
   local job = old_job(jid)
   if job then
     texts[#texts + 1] = jid .. ' ' .. job
-    redis.call('HSET', meta, job_field(jid), '')
+    redis.call('HSET', jobs, jid, '')
   end
 end
 redis.call('DEL', pending)
@@ -41,7 +41,7 @@ for _, jid in ipairs(redis.call('SMEMBERS', actives)) do
   if job then
     local lease = redis.call('HGET', budgets, 'lease:' .. jid) or '0'
     local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
-    redis.call('HSET', meta, job_field(jid), lease .. ' ' .. id)
+    redis.call('HSET', jobs, jid, lease .. ' ' .. id)
     active = active + 1
   end
 end

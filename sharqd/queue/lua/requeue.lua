@@ -11,8 +11,8 @@ for i = #due, 1, -1 do
   local sep = string.find(member, ':', 1, true)
   local qid, jid = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
   redis.call('ZREM', K_DEADLINES, member)
-  local meta, field = k_meta(qid), job_field(jid)
-  local value = redis.call('HGET', meta, field)
+  local meta, jobs = k_meta(qid), k_jobs(qid)
+  local value = redis.call('HGET', jobs, jid)
   local job, id
   if value and value ~= '' then job, id = active_job(value) end
   if job then
@@ -36,7 +36,7 @@ for i = #due, 1, -1 do
           for j = 1, #oldest, 2 do redis.call('HDEL', K_DEAD_JOBS, oldest[j]) end
         end
       end
-      redis.call('HDEL', meta, field)
+      redis.call('HDEL', jobs, jid)
       count('dead', qid)
       -- its slot is free: a queue at its max_active cap may be ready again
       if redis.call('HEXISTS', meta, 'held') == 1 then place(qid) end
@@ -44,7 +44,7 @@ for i = #due, 1, -1 do
       discarded = discarded + 1
     else
       if budget > 0 then budget = budget - 1 end
-      redis.call('HSET', meta, field, '')
+      redis.call('HSET', jobs, jid, '')
       local text = jid .. ' ' .. budget .. ' ' .. limit .. ' ' .. payload
       if redis.call('LPUSH', k_pending(qid), text) == 1 then
         redis.call('HSET', meta, 'since', NOW)
@@ -53,7 +53,7 @@ for i = #due, 1, -1 do
       requeued = requeued + 1
     end
   elseif value and value ~= '' then  -- its job is gone (a damaged store)
-    redis.call('HDEL', meta, field)
+    redis.call('HDEL', jobs, jid)
     redis.call('HINCRBY', meta, 'active', -1)
     forget_if_empty(qid)
   end
