@@ -1,5 +1,5 @@
 """
-The upgrade of the Redis layout at startup.  Layout 2 keeps a queue in two
+The upgrade of the Redis layout at startup.  Layout 2 keeps a queue in three
 keys and a stream per type where layout 1 had six keys per queue and one
 more per queue and minute (docs/redis-layout.md); a Redis holding jobs in
 the old layout keeps them: before the queue operations run, the parent
