@@ -6,23 +6,19 @@ function.  Inputs are already validated; results are plain Python values.
 import heapq
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 from twisted.python.failure import Failure
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
+from sharqd.queue.lua import script_text
 from sharqd.redis.scripts import Script
 
-_LUA = resources.files("sharqd.queue.lua")
-_COMMON = _LUA.joinpath("common.lua").read_bytes()
-
-
 def load_script(name, shared=True):
-    """lua/<name>.lua, after the shared prelude unless told not."""
-    body = _LUA.joinpath(name + ".lua").read_bytes()
-    return Script(name, (_COMMON + b"\n" + body) if shared else body)
+    """lua/<name>.lua, after what it uses of the shared prelude unless told
+    not (see sharqd/queue/lua/__init__.py)."""
+    return Script(name, script_text(name, shared))
 
 
 SCRIPTS = {name: load_script(name) for name in (
