@@ -264,6 +264,9 @@ def makeService(options, reactor=None):
                          api.route_of(request), request.code, seconds),
                      idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
                      max_connections=max_connections)
+    # a scrape steps back while other requests are answered (long-polls
+    # that only wait do not count)
+    exposition.in_flight = lambda: site.in_flight - waiters.waiting()
     endpoint, factory, reload_tls = listening(config, site, reactor)
     for reload in (site.reopen_log, reload_tokens, reload_tls):
         if reload is not None:
