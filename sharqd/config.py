@@ -34,6 +34,7 @@ class ServerSection:
     listen: str = ""
     idle_timeout: float = 60.0
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
     max_connections: int = 10000
     max_waiters: int = 5000
     log_format: str = "text"
@@ -202,6 +203,7 @@ _SERVER_KEYS = {
     "listen": _text,
     "idle_timeout": _positive_seconds,
     "header_timeout": _positive_seconds,
+    "body_timeout": _positive_seconds,
     "max_connections": _int_between(1, 10**6),
     "max_waiters": _int_between(0, 10**6),
     "log_format": _one_of("text", "json"),

@@ -173,11 +173,11 @@ def listening(config, site, reactor):
 
 
 def guarded(config, resource):
-    """(the resource behind the token check, the tokens' reloader), or as
-    it is without [auth]."""
+    """(the resource behind the token check, the tokens' reloader, the
+    site's check before a body is read), or as it is without [auth]."""
     auth = config.auth
     if not auth.enabled:
-        return resource, None
+        return resource, None, None
     try:
         tokens = Tokens.from_file(auth.tokens_file)
     except ConfigError as e:
@@ -185,7 +185,8 @@ def guarded(config, resource):
     if not tokens.tokens:
         log.warn("{path} holds no token: every route but {open} answers 401",
                  path=auth.tokens_file, open=" ".join(auth.open_routes))
-    return Guard(tokens, auth.open_routes, resource), tokens.reload
+    guard = Guard(tokens, auth.open_routes, resource)
+    return guard, tokens.reload, guard.early_refusal
 
 
 def is_private(where):
@@ -257,13 +258,14 @@ def makeService(options, reactor=None):
     exposition = Exposition(metrics, reactor, folder, options["worker"])
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters, exposition,
               workers=config.server.workers, redis_address=redis.describe())
-    resource, reload_tokens = guarded(config, api.resource())
+    resource, reload_tokens, admit = guarded(config, api.resource())
     site = SharqSite(resource, server.max_request_size,
                      access_log=open_access_log(config), reactor=reactor,
                      observe=lambda request, seconds: metrics.observe(
                          api.route_of(request), request.code, seconds),
                      idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
-                     max_connections=max_connections)
+                     body_timeout=server.body_timeout, max_connections=max_connections,
+                     admit=admit)
     # a scrape steps back while other requests are answered (long-polls
     # that only wait do not count)
     exposition.in_flight = lambda: site.in_flight - waiters.waiting()

@@ -8,6 +8,7 @@ SIGHUP re-reads the file, a bad file stops startup with one line.
 import json
 import os
 import signal
+import socket
 
 import pytest
 from treq.testing import StubTreq
@@ -202,6 +203,71 @@ class GuardTests(TestCase):
         self.assertEqual((await self.call("GET", "/nowhere/", READER))[0], 404)
 
 
+class _Counting:
+    """A resource that counts the requests it is asked to render."""
+
+    isLeaf = True
+
+    def __init__(self):
+        self.rendered = 0
+
+    def render(self, request):
+        self.rendered += 1
+        return b"{}"
+
+
+def _site_with_guard():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.web.resource import Resource
+
+    from sharqd.web.site import SharqSite
+
+    app = Resource()
+    counting = _Counting()
+    app.render = counting.render
+    app.isLeaf = True
+    guard = Guard(Tokens("<test>", parse_tokens(TOKENS)), ["/", "/status/"], app)
+    site = SharqSite(guard, 1 << 20, reactor=Clock(), admit=guard.early_refusal)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return counting, channel, transport
+
+
+@pytest.mark.parametrize("token, status", [(None, 401), ("nope", 401), (WORKER, 403)])
+def test_refused_before_the_body_is_read(token, status):
+    """When a request with a body has no token, an unknown one, or one
+    without the scope, it is answered 401/403 JSON as soon as its headers
+    are in, its body is not read and the connection is closed: a client
+    without a token cannot make sharqd buffer bodies."""
+    counting, channel, transport = _site_with_guard()
+    auth = b"" if token is None else b"Authorization: Bearer %s\r\n" % token.encode()
+    channel.dataReceived(b"POST /enqueue/sms/u1/ HTTP/1.1\r\nHost: x\r\n" + auth
+                         + b"Content-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+    head, body = transport.value().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert b"100 Continue" not in head
+    assert b"WWW-Authenticate: Bearer" in head
+    assert json.loads(body)["status"] == "failure"
+    assert transport.disconnecting
+    channel.dataReceived(b"x" * 1000)  # the body, if it comes, is dropped
+    assert counting.rendered == 0
+
+
+def test_allowed_body_is_read_and_served():
+    """When the token allows the request, its body is read and the route
+    serves it; a GET without a token is still answered on its connection."""
+    counting, channel, transport = _site_with_guard()
+    channel.dataReceived(b"POST /enqueue/sms/u1/ HTTP/1.1\r\nHost: x\r\n"
+                         b"Authorization: Bearer %s\r\nContent-Length: 2\r\n\r\n{}"
+                         % PRODUCER.encode())
+    assert transport.value().startswith(b"HTTP/1.1 200 ") and counting.rendered == 1
+    channel.dataReceived(b"GET /metrics/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"HTTP/1.1 401 " in transport.value() and not transport.disconnecting
+
+
 # ---- on a real process
 
 def bearer(server, method, path, token=None, body=None):
@@ -234,6 +300,11 @@ def test_tokens_in_process_never_logged_and_reloaded(tmp_path):
         status, body = bearer(server, "GET", "/dequeue/sms/", WORKER)
         assert (status, body["job_id"]) == (200, "j1")
         assert bearer(server, "GET", "/")[0] == 200
+        # a body without a token is refused on its headers, never read
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"POST /enqueue/sms/u2/ HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: 1000000\r\n\r\n")
+            assert raw.recv(4096).startswith(b"HTTP/1.1 401 Unauthorized")
 
         write_tokens(tokens, TOKENS + f"late {hash_token('tok-late')} read:*\n")
         server.process.send_signal(signal.SIGHUP)
@@ -246,7 +317,8 @@ def test_tokens_in_process_never_logged_and_reloaded(tmp_path):
         assert "line 1: expected NAME SHA256-HEX SCOPE" in server.read_log()
         assert bearer(server, "GET", "/metrics/", "tok-late")[0] == 200
 
-        wait_for(lambda: access.exists() and access.read_text().count("\n") >= 7)
+        wait_for(lambda: access.exists() and access.read_text().count("\n") >= 8)
+        assert '"POST /enqueue/sms/u2/ HTTP/1.1" 401' in access.read_text()
         for log in (access.read_text(), server.read_log()):
             for token in (PRODUCER, WORKER, "tok-wrong", "tok-late"):
                 assert token not in log

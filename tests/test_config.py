@@ -56,15 +56,16 @@ def test_hardened_example_config_loads():
     assert config.auth.enabled and config.auth.tokens_file == "/etc/sharqd/tokens"
     assert config.server.listen.startswith("ssl:") and config.server.workers == 2
     assert (config.server.idle_timeout, config.server.header_timeout,
-            config.server.max_connections, config.server.max_waiters) == (60, 10, 10000, 2000)
+            config.server.body_timeout, config.server.max_connections,
+            config.server.max_waiters) == (60, 10, 30, 10000, 2000)
 
 
 def test_limits_and_auth_defaults_and_errors(tmp_path):
     """When the limit keys are absent their defaults apply, [auth] is off,
     and an [auth] section without tokens_file stops startup."""
     server = Config.from_file(write(tmp_path, "")).server
-    assert (server.idle_timeout, server.header_timeout, server.max_connections,
-            server.max_waiters) == (60, 10, 10000, 5000)
+    assert (server.idle_timeout, server.header_timeout, server.body_timeout,
+            server.max_connections, server.max_waiters) == (60, 10, 30, 10000, 5000)
     assert not Config.from_file(write(tmp_path, "")).auth.enabled
     with pytest.raises(ConfigError) as raised:
         Config.from_file(write(tmp_path, "[auth]\nopen_routes : /\n"))
@@ -72,6 +73,9 @@ def test_limits_and_auth_defaults_and_errors(tmp_path):
     with pytest.raises(ConfigError) as raised:
         Config.from_file(write(tmp_path, "[sharq-server]\nheader_timeout : 0\n"))
     assert "[sharq-server] header_timeout = '0'" in str(raised.value)
+    with pytest.raises(ConfigError) as raised:
+        Config.from_file(write(tmp_path, "[sharq-server]\nbody_timeout : -1\n"))
+    assert "[sharq-server] body_timeout = '-1'" in str(raised.value)
 
 
 def test_defaults(tmp_path):

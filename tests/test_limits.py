@@ -90,6 +90,37 @@ def test_idle_connection_closed_but_long_poll_is_not_idle():
     assert not transport.disconnecting
 
 
+def test_slow_body_is_answered_408_and_dropped():
+    """When a client sends complete headers, then its body one byte every
+    4 s (each byte restarts the idle timeout), it is answered 408 JSON and
+    the connection is closed body_timeout after the headers."""
+    clock = Clock()
+    _, channel, transport = connection(clock, body_timeout=30, idle_timeout=60)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(7):
+        clock.advance(4)
+        channel.dataReceived(b"{")
+    assert not transport.disconnecting
+    clock.advance(2.1)
+    head, body = transport.value().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert "body_timeout (30 s)" in json.loads(body)["message"]
+    assert transport.disconnecting
+
+
+def test_body_clock_stops_when_the_body_is_complete():
+    """When a body arrives in time, the request is answered and the body
+    clock does not fire later on the kept-alive connection."""
+    clock = Clock()
+    _, channel, transport = connection(clock, body_timeout=30, idle_timeout=600)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n")
+    clock.advance(29)
+    channel.dataReceived(b"{}")
+    clock.advance(100)
+    assert transport.value().startswith(b"HTTP/1.1 200 OK")
+    assert b" 408 " not in transport.value() and not transport.disconnecting
+
+
 def test_connections_beyond_the_limit_are_refused_with_503():
     """When max_connections are open, the next one is told 503 JSON with
     Retry-After and closed; once one closes, a new one is served."""

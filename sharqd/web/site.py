@@ -31,13 +31,15 @@ def json_failure(message):
     return json.dumps({"status": "failure", "message": message}).encode()
 
 
-def raw_answer(status, reason, message):
+def raw_answer(status, reason, message, headers=b""):
     """A whole HTTP/1.1 answer that closes the connection, for the cases
-    where no Request can answer (the request could not be parsed)."""
+    where no Request can answer (the request could not be parsed, or its
+    body is refused unread).  headers: more header lines, each ending in
+    CRLF."""
     body = json_failure(message)
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (status, reason, len(body), body))
+            % (status, reason, headers, len(body), body))
 
 
 def valid_host(host):
@@ -58,12 +60,37 @@ class SharqRequest(Request):
     gone = False  # the client hung up before its answer
     route = None  # the route template that answers, when known early (metrics)
     began = None  # time.monotonic() when it was routed
+    # the request line's parts, known before the body
+    target_method = target = target_version = b""
 
     def gotLength(self, length):
-        limit = self.channel.site.max_request_size
-        if length is not None and length > limit:
-            self._refuse(length, limit)
+        site = self.channel.site
+        if length is not None and length > site.max_request_size:
+            self._refuse(length, site.max_request_size)
+        elif length != 0 and site.admit is not None:
+            self._admit(site.admit)
         super().gotLength(None if self._too_large else length)
+
+    def _admit(self, admit):
+        """Refuse a request with a body before reading it when its headers
+        already say it will be refused (no or an unknown token): an
+        unauthenticated client cannot make sharqd buffer bodies."""
+        path = self.target.partition(b"?")[0]
+        refusal = admit(self.target_method, path, self.requestHeaders)
+        if refusal is None:
+            return
+        status, reason, message, headers = refusal
+        self._too_large = True  # read no more of it
+        self.requestHeaders.removeHeader(b"expect")
+        answer = raw_answer(status, reason, message, headers)
+        self.channel.transport.write(answer)
+        self.channel.loseConnection()
+        # in the access log like any answered request: refusals are what
+        # an operator looks for there
+        self.method, self.uri, self.clientproto = (
+            self.target_method, self.target, self.target_version)
+        self.code, self.sentLength = status, len(answer.partition(b"\r\n\r\n")[2])
+        self.channel.site.log(self)
 
     def handleContentChunk(self, data):
         if self._too_large:
@@ -164,14 +191,18 @@ class SharqChannel(HTTPChannel):
     """An HTTP/1.1 connection that learns its two addresses once, not on
     every request (a getsockname call and address objects each time),
     answers in JSON what twisted.web refuses without a body, and is dropped
-    when its request headers take longer than the site's header_timeout.
-    (The idle timeout alone would not do: every byte restarts it, so one
-    header line every 20 s would hold a connection forever.)"""
+    when its request headers take longer than the site's header_timeout,
+    or its request body longer than body_timeout after them.  (The idle
+    timeout alone would not do: every byte restarts it, so one header line
+    every 20 s would hold a connection forever.)"""
 
     _host = _peer = None
     good_host = None  # the last Host header found valid on this connection
     _header_call = None
+    _body_call = None
     _headers_done = False
+    _in_request = False  # the request line of the current request was seen
+    _awaiting_body = False  # headers in, body not complete yet
 
     def connectionMade(self):
         super().connectionMade()
@@ -181,11 +212,20 @@ class SharqChannel(HTTPChannel):
         if self._header_call is None and not self._headers_done:
             self._start_header_clock()  # the first byte of the next request
         super().dataReceived(data)
+        # a body that came with its headers (the usual case) needs no clock
+        if self._awaiting_body and self._body_call is None:
+            self._body_call = self.callLater(self.site.body_timeout, self._body_too_slow)
 
     def allHeadersReceived(self):
         self._headers_done = True
         self._stop_header_clock()
         super().allHeadersReceived()
+        self._awaiting_body = self.length != 0 and not self.transport.disconnecting
+
+    def allContentReceived(self):
+        self._in_request = self._awaiting_body = False
+        self._stop_body_clock()
+        super().allContentReceived()
 
     def requestDone(self, request):
         self._headers_done = False  # the next request has its own clock
@@ -193,6 +233,7 @@ class SharqChannel(HTTPChannel):
 
     def connectionLost(self, reason):
         self._stop_header_clock()
+        self._stop_body_clock()
         self.site.connection_closed()
         super().connectionLost(reason)
 
@@ -204,6 +245,23 @@ class SharqChannel(HTTPChannel):
             if self._header_call.active():
                 self._header_call.cancel()
             self._header_call = None
+
+    def _stop_body_clock(self):
+        if self._body_call is not None:
+            if self._body_call.active():
+                self._body_call.cancel()
+            self._body_call = None
+
+    def _body_too_slow(self):
+        self._body_call = None
+        self._awaiting_body = False
+        messages.info("Dropping {peer}: request body not complete within {s} s",
+                      peer=str(self.getPeer()), s=self.site.body_timeout)
+        self.transport.write(raw_answer(
+            408, b"Request Timeout",
+            f"The request body did not arrive within body_timeout "
+            f"({self.site.body_timeout:g} s) after its headers."))
+        self.transport.loseConnection()
 
     def _too_slow(self):
         self._header_call = None
@@ -239,6 +297,24 @@ _JSON_400 = raw_answer(
     "The request is not valid HTTP/1.1: check the request line, the header "
     "lines (name: value), Content-Length and the chunked body; the header "
     "section must stay within 16384 bytes.")
+
+
+class AdmittingChannel(SharqChannel):
+    """A connection of a site with an admit check (auth): keeps each
+    request line's parts on its request, so the check can refuse the
+    request before its body is read.  (A site without one does without
+    this per-line work.)"""
+
+    def lineReceived(self, line):
+        if self._in_request or not line:
+            return super().lineReceived(line)
+        known = len(self.requests)
+        super().lineReceived(line)
+        if len(self.requests) > known:
+            self._in_request = True
+            request = self.requests[-1]
+            request.target_method, _, rest = line.partition(b" ")
+            request.target, _, request.target_version = rest.rpartition(b" ")
 
 
 class _JSONBadRequest:
@@ -319,7 +395,8 @@ class SharqSite(Site):
 
     def __init__(self, resource, max_request_size, access_log=None,
                  log_formatter=combinedLogFormatter, observe=None, idle_timeout=60,
-                 header_timeout=10, max_connections=10000, **kwargs):
+                 header_timeout=10, body_timeout=30, max_connections=10000,
+                 admit=None, **kwargs):
         # Bodies are JSON, never forms: skip twisted.web's parsing of the
         # Content-Type header (through the email package) on every POST,
         # which alone cost as much as the rest of an enqueue.
@@ -329,6 +406,12 @@ class SharqSite(Site):
                          timeout=idle_timeout, **kwargs)
         self.max_request_size = max_request_size
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        # admit(method, path, headers): None, or the (status, reason,
+        # message, header lines) that refuses a request before its body
+        self.admit = admit
+        if admit is not None:
+            self.protocol = AdmittingChannel
         self.max_connections = max_connections
         self.connections = 0
         self._refusing = False
