@@ -17,8 +17,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToLogString
+from twisted.web.http import (HTTPChannel, combinedLogFormatter, datetimeToLogString,
+                              datetimeToString)
+from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
+from twisted.web.server import version as SERVER_VERSION
 from zope.interface import directlyProvides, providedBy
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
@@ -60,6 +63,9 @@ class SharqRequest(Request):
     gone = False  # the client hung up before its answer
     route = None  # the route template that answers, when known early (metrics)
     began = None  # time.monotonic() when it was routed
+    # the hot path's Deferred of the answer: cancelled if the client hangs
+    # up first (one attribute instead of a notifyFinish Deferred each)
+    working = None
     # the request line's parts, known before the body
     target_method = target = target_version = b""
 
@@ -115,14 +121,25 @@ class SharqRequest(Request):
     def process(self):
         # counted in flight until finished or the client is gone, for the
         # drain on stop (finish and connectionLost below)
-        self.counted_in = self.channel.site
-        self.counted_in.request_started()
+        self.site = site = self.channel.site
+        self.counted_in = site
+        site.request_started()
         self.began = time.monotonic()
         problem = self._unservable()
         if problem is not None:
             self.answer_failure(400, problem)
             return
-        super().process()
+        # twisted.web's Request.process, but with the Date header formatted
+        # once a second, not per request; "*" is refused above and none of
+        # sharqd's resources encodes its answers (no EncodingResourceWrapper)
+        self.setHeader(b"Server", SERVER_VERSION)
+        self.setHeader(b"Date", site.http_date())
+        self.prepath = []
+        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def finish(self):
         super().finish()
@@ -132,6 +149,8 @@ class SharqRequest(Request):
         self.gone = not self.finished  # the client hung up before its answer
         super().connectionLost(reason)
         self._ended()
+        if self.gone and self.working is not None:
+            self.working.cancel()  # the work done for it, as Klein does
 
     def _ended(self):
         if self.counted_in is not None:
@@ -333,7 +352,9 @@ class _JSONBadRequest:
         self.transport.write(_JSON_400 if data == _BARE_400 else data)
 
     def writeSequence(self, data):
-        self.transport.writeSequence(data)
+        # one piece, not a type check and a buffer entry for each of the
+        # ~30 pieces of an answer's status line and headers
+        self.transport.write(b"".join(data))
 
     def loseConnection(self):
         self.transport.loseConnection()
@@ -420,6 +441,7 @@ class SharqSite(Site):
         self.access_log = None  # the open file, while the site listens
         self._log_second = None
         self._log_time = None
+        self._date_second = self._date = None
         self.in_flight = 0
         self._idle_waiters = []
         # observe(request, seconds) is told of every answered request (metrics)
@@ -464,6 +486,14 @@ class SharqSite(Site):
         d = Deferred()
         self._idle_waiters.append(d)
         return d
+
+    def http_date(self):
+        """The Date header's value, formatted once a second."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = datetimeToString(second)
+        return self._date
 
     # ---- the access log: our own file, opened with O_APPEND so logrotate
     # and several worker processes can share it, one write per line
