@@ -136,7 +136,9 @@ class SharqRequest(Request):
         self.setHeader(b"Server", SERVER_VERSION)
         self.setHeader(b"Date", site.http_date())
         self.prepath = []
-        self.postpath = list(map(unquote_to_bytes, self.path[1:].split(b"/")))
+        self.postpath = self.path[1:].split(b"/")
+        if b"%" in self.path:  # else unquoting changes nothing
+            self.postpath = list(map(unquote_to_bytes, self.postpath))
         try:
             self.render(site.getResourceFor(self))
         except BaseException:
