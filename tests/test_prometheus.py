@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from sharqd.queue.operations import TOTALS, TypeStats
+from sharqd.web import prometheus
 from sharqd.web.prometheus import (DURATION_BUCKETS, Exposition, ProcessMetrics,
                                    RequestMetrics, encode, queue_families)
 
@@ -129,3 +130,47 @@ class RequestMetricsTests(SynchronousTestCase):
         self.assertEqual([(f.name, f.samples) for f in RequestMetrics().collect()],
                          [("sharqd_http_requests", []),
                           ("sharqd_http_request_duration_seconds", [])])
+
+
+class ReuseTests(SynchronousTestCase):
+
+    def render(self, exposition, reactor, stats, accept=""):
+        done = []
+        Deferred.fromCoroutine(exposition.render(stats, accept)).addCallback(done.append)
+        while not done:
+            reactor.turn()
+        return done[0]
+
+    def test_pieces_of_the_last_scrape_are_reused_and_stay_right(self):
+        """When scrapes follow each other, with figures that change or not,
+        every answer is exactly the encoding of its own figures, in both
+        formats."""
+        reactor = _Turns()
+        own = _Whole(process_families())
+        exposition = Exposition(own, reactor)
+        stats = type_stats(200)
+        changed = stats[:50] + [TypeStats("type0050", 999, 1, 1, 1, 9.5, {})] + stats[51:]
+        for accept in ("", OPENMETRICS):
+            for figures in (stats, stats, changed, stats, None, stats[:10]):
+                self.assertEqual(self.render(exposition, reactor, figures, accept),
+                                 encode(figures, own.collect(), accept, 100000))
+
+    def test_unchanged_pieces_are_not_encoded_again(self):
+        """When nothing changed since the last scrape, no piece is encoded
+        again; the pieces of at most KEPT_FORMATS formats are kept."""
+        reactor = _Turns()
+        exposition = Exposition(_Whole(process_families()), reactor)
+        stats = type_stats(100)
+        self.render(exposition, reactor, stats)
+        encoded = []
+
+        def counting(accept):
+            encoder, content_type = choose_encoder(accept)
+            return (lambda collector: encoded.append(collector) or encoder(collector),
+                    content_type)
+        self.patch(prometheus, "choose_encoder", counting)
+        self.render(exposition, reactor, stats)
+        self.assertEqual(len(encoded), 1)  # the empty one, for the end marker
+        for version in range(6):
+            self.render(exposition, reactor, stats, f"{OPENMETRICS[:-5]}{version + 1}.0.0")
+        self.assertEqual(len(exposition.encoded), prometheus.KEPT_FORMATS)

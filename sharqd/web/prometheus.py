@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from bisect import bisect_left
+from functools import partial
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge,
                                PlatformCollector, ProcessCollector,
@@ -45,6 +46,7 @@ PEER_TIMEOUT = 1.0  # seconds a scrape waits for another worker's metrics
 SLICE_SECONDS = 0.0001
 PIECE = 8
 BUSY_PAUSE = 0.0005
+KEPT_FORMATS = 4  # formats (Accept) whose last scrape's pieces are kept
 
 # name, help, TypeStats attribute
 GAUGES = (
@@ -74,7 +76,8 @@ def queue_families(stats):
     """Metric families of a list of TypeStats, labelled by queue_type; of
     None (Redis did not answer) only sharqd_redis_up 0."""
     families = {}
-    for family, _ in _queue_chunks(stats, 2 * len(stats or ()) or 2):
+    for _, make, _ in _queue_pieces(stats, 2 * len(stats or ()) or 2):
+        family = make()
         if family.name in families:
             families[family.name].samples.extend(family.samples)
         else:
@@ -82,35 +85,42 @@ def queue_families(stats):
     return list(families.values())
 
 
-def _queue_chunks(stats, size):
-    """(family, first) pairs: each queue family in pieces of at most `size`
-    samples, `first` for the first piece of a family (it carries the family's
-    HELP and TYPE lines when encoded)."""
-    yield GaugeMetricFamily("sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
-                            value=0 if stats is None else 1), True
+def _queue_pieces(stats, size):
+    """(rows, make, first) for each piece of each queue family, at most
+    `size` samples: rows are the piece's (label values, value) pairs (what
+    it holds: the same rows encode the same), make() builds the piece as a
+    family, first marks the first piece of a family (it carries the HELP
+    and TYPE lines when encoded)."""
+    up = GaugeMetricFamily("sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
+                           value=0 if stats is None else 1)
+    yield (("sharqd_redis_up", up.samples[0].value),), lambda: up, True
     if stats is None:
         return
     for name, doc, attr in GAUGES:
         for i in range(0, max(len(stats), 1), size):
-            family = GaugeMetricFamily(name, doc, labels=["queue_type"])
-            for s in stats[i:i + size]:
-                family.add_metric([s.queue_type], getattr(s, attr))
-            yield family, i == 0
+            rows = tuple(((s.queue_type,), getattr(s, attr)) for s in stats[i:i + size])
+            yield ((name,) + rows, partial(_family, GaugeMetricFamily, name, doc,
+                                           ["queue_type"], rows), i == 0)
     for name, doc, key in COUNTERS:
         for i in range(0, max(len(stats), 1), size):
-            family = CounterMetricFamily(name, doc, labels=["queue_type"])
-            for s in stats[i:i + size]:
-                family.add_metric([s.queue_type], s.totals.get(key, 0))
-            yield family, i == 0
+            rows = tuple(((s.queue_type,), s.totals.get(key, 0)) for s in stats[i:i + size])
+            yield ((name,) + rows, partial(_family, CounterMetricFamily, name, doc,
+                                           ["queue_type"], rows), i == 0)
     size = max(1, size // len(REJECTIONS))
     for i in range(0, max(len(stats), 1), size):
-        family = CounterMetricFamily("sharqd_enqueue_rejected",
-                                     "Enqueues refused, by reason.",
-                                     labels=["queue_type", "reason"])
-        for s in stats[i:i + size]:
-            for reason, key in REJECTIONS:
-                family.add_metric([s.queue_type, reason], s.totals.get(key, 0))
-        yield family, i == 0
+        rows = tuple(((s.queue_type, reason), s.totals.get(key, 0))
+                     for s in stats[i:i + size] for reason, key in REJECTIONS)
+        yield (("sharqd_enqueue_rejected",) + rows,
+               partial(_family, CounterMetricFamily, "sharqd_enqueue_rejected",
+                       "Enqueues refused, by reason.", ["queue_type", "reason"], rows),
+               i == 0)
+
+
+def _family(kind, name, doc, labels, rows):
+    family = kind(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(list(values), value)
+    return family
 
 
 class ProcessMetrics:
@@ -200,18 +210,36 @@ class _Pieces:
     the families at once (the test says so), but no single call holds the
     reactor for long."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, previous=None):
         self.encoder = encoder
         self.end = encoder(_Families([]))  # "# EOF" of OpenMetrics; none in text
         self.heads = {}  # family name -> its HELP/TYPE lines as encoded
         self.out = []
+        # the pieces of the previous scrape in this format, by what they
+        # hold: most types' figures do not change from one to the next
+        self.previous = previous or {}
+        self.encoded = {}
 
     def add(self, family, first=True):
         """Encode a family, or a piece of one: a piece after the first
         leaves out the HELP and TYPE lines the first one wrote."""
-        text = self.encoder(_Families([family]))[:-len(self.end) or None]
-        if not first:
-            text = text[len(self._head(family)):]
+        self.add_made(
+            (family.name, family.type,
+             tuple((s.name, tuple(s.labels.items()), s.value, s.timestamp)
+                   for s in family.samples)),
+            lambda: family, first)
+
+    def add_made(self, key, make, first=True):
+        """Encode the family (or piece) make() builds, unless the last
+        scrape encoded one with the same key."""
+        key = (key, first)
+        text = self.previous.get(key)
+        if text is None:
+            family = make()
+            text = self.encoder(_Families([family]))[:-len(self.end) or None]
+            if not first:
+                text = text[len(self._head(family)):]
+        self.encoded[key] = text
         self.out.append(text)
 
     def _head(self, family):
@@ -246,8 +274,8 @@ def _split(family, size):
 def _steps(pieces, stats, families, size=PIECE):
     """The encoding of a scrape, one piece of at most `size` samples per
     step (Cooperator drives it)."""
-    for family, first in _queue_chunks(stats, size):
-        pieces.add(family, first)
+    for rows, make, first in _queue_pieces(stats, size):
+        pieces.add_made(rows, make, first)
         yield
     for family in families:
         for piece, first in _split(family, size):
@@ -331,6 +359,7 @@ class Exposition:
         # in_flight, set by tap); renders: scrapes being encoded now
         self.in_flight = lambda: 0
         self.renders = 0
+        self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
         self.cooperator = Cooperator(
             terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
             scheduler=self._schedule)
@@ -375,12 +404,14 @@ class Exposition:
         slices (see SLICE_SECONDS), with the reactor serving in between."""
         families = await self.process_families()
         encoder, content_type = choose_encoder(accept or "")
-        pieces = _Pieces(encoder)
+        pieces = _Pieces(encoder, self.encoded.get(content_type))
         self.renders += 1
         try:
             await self.cooperator.coiterate(_steps(pieces, stats, families))
         finally:
             self.renders -= 1
+        if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
+            self.encoded[content_type] = pieces.encoded
         return content_type, pieces.body()
 
     def busy(self):
