@@ -9,7 +9,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -174,3 +174,62 @@ class ReuseTests(SynchronousTestCase):
         for version in range(6):
             self.render(exposition, reactor, stats, f"{OPENMETRICS[:-5]}{version + 1}.0.0")
         self.assertEqual(len(exposition.encoded), prometheus.KEPT_FORMATS)
+
+
+class _Queue:
+    """The two queue methods a scrape reads, answered by the test."""
+
+    def __init__(self, types):
+        self.types = types
+        self.listed = 0
+        self.calls = []  # (queue_type, Deferred) not answered yet
+
+    def known_types(self):
+        self.listed += 1
+        return succeed(self.types)
+
+    def type_stats(self, queue_type):
+        d = Deferred()
+        self.calls.append((queue_type, d))
+        return d
+
+    def answer_first(self):
+        queue_type, d = self.calls.pop(0)
+        d.callback(TypeStats(queue_type, 1, 0, 0, 0, 0.0, {}))
+
+
+class ReadTests(SynchronousTestCase):
+
+    def test_one_call_at_a_time_while_others_are_served(self):
+        """When other requests are in flight, the figures are read one
+        script call at a time; once none are, STATS_READERS at a time; the
+        figures come back in the types' order."""
+        reactor, queue = _Turns(), _Queue([f"t{i}" for i in range(10)])
+        exposition = Exposition(_Whole([]), reactor)
+        in_flight = [1]
+        exposition.in_flight = lambda: in_flight[0]
+        result = exposition.read_stats(queue)
+        reactor.turn()
+        self.assertEqual(len(queue.calls), 1)
+        queue.answer_first()
+        self.assertEqual(len(queue.calls), 1)  # the next one, alone
+        in_flight[0] = 0
+        reactor.turn()
+        self.assertEqual(len(queue.calls), prometheus.STATS_READERS)
+        while queue.calls:
+            queue.answer_first()
+            if not queue.calls and reactor.calls:
+                reactor.turn()
+        self.assertEqual([s.queue_type for s in self.successResultOf(result)],
+                         queue.types)
+
+    def test_scrapes_at_the_same_time_share_one_read(self):
+        """When a scrape comes while another one's read runs, both get the
+        figures of the one read."""
+        queue = _Queue(["a", "b"])
+        exposition = Exposition(_Whole([]), _Turns())
+        first, second = exposition.read_stats(queue), exposition.read_stats(queue)
+        while queue.calls:
+            queue.answer_first()
+        self.assertEqual(queue.listed, 1)
+        self.assertIs(self.successResultOf(first), self.successResultOf(second))

@@ -19,7 +19,7 @@ from werkzeug.routing import RequestRedirect
 from sharqd import __version__
 from sharqd.web import dashboard, openapi, validation
 from sharqd.web.prometheus import Exposition, ProcessMetrics
-from sharqd.errors import BadRequest, NotFound, RedisUnavailable, SharqError
+from sharqd.errors import BadRequest, NotFound, SharqError
 from sharqd.queue.waiters import Waiters
 
 JSON = b"application/json"
@@ -248,13 +248,9 @@ class Api:
     async def prometheus(self, request):
         # without Redis the scrape still answers this process's metrics
         # (its Redis errors among them), with sharqd_redis_up 0
-        try:
-            stats = await self.queue.all_type_stats()
-        except RedisUnavailable:
-            stats = None
         accept = request.getHeader(b"accept")
-        content_type, body = await self.exposition.render(
-            stats, accept.decode("latin-1") if accept else "")
+        content_type, body = await self.exposition.scrape(
+            self.queue, accept.decode("latin-1") if accept else "")
         request.setHeader(b"content-type", content_type.encode())
         return body
 

@@ -25,13 +25,17 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.utils import floatToGoString
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import (Deferred, DeferredList, FirstError, gatherResults,
+                                    maybeDeferred)
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
-from twisted.internet.task import Cooperator
+from twisted.internet.task import Cooperator, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from sharqd.errors import RedisUnavailable
 
 # the *_created samples double the size of a scrape for little use
 disable_created_metrics()
@@ -47,6 +51,11 @@ SLICE_SECONDS = 0.0001
 PIECE = 8
 BUSY_PAUSE = 0.0005
 KEPT_FORMATS = 4  # formats (Accept) whose last scrape's pieces are kept
+# The queue figures are read with one script call per type, this many at
+# a time, but one at a time while other requests are in flight: each reply
+# is a turn of the reactor that their reads, Redis replies and answers wait
+# for.
+STATS_READERS = 4
 
 # name, help, TypeStats attribute
 GAUGES = (
@@ -358,7 +367,8 @@ class Exposition:
         # requests this process is answering, scrapes included (the site's
         # in_flight, set by tap); renders: scrapes being encoded now
         self.in_flight = lambda: 0
-        self.renders = 0
+        self.scrapes = 0  # scrapes being read or encoded now
+        self._readers = []  # scrapes waiting for the read under way
         self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
         self.cooperator = Cooperator(
             terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
@@ -405,18 +415,62 @@ class Exposition:
         families = await self.process_families()
         encoder, content_type = choose_encoder(accept or "")
         pieces = _Pieces(encoder, self.encoded.get(content_type))
-        self.renders += 1
-        try:
-            await self.cooperator.coiterate(_steps(pieces, stats, families))
-        finally:
-            self.renders -= 1
+        await self.cooperator.coiterate(_steps(pieces, stats, families))
         if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
             self.encoded[content_type] = pieces.encoded
         return content_type, pieces.body()
 
+    async def scrape(self, queue, accept):
+        """(content type, body) of a scrape: the figures of every type the
+        queue knows (None while Redis does not answer), then render()."""
+        self.scrapes += 1
+        try:
+            try:
+                stats = await self.read_stats(queue)
+            except RedisUnavailable:
+                stats = None
+            return await self.render(stats, accept)
+        finally:
+            self.scrapes -= 1
+
+    def read_stats(self, queue):
+        """Deferred of the TypeStats of every type the queue knows.  Scrapes
+        that come while a read runs share its result."""
+        waiter = Deferred()
+        self._readers.append(waiter)
+        if len(self._readers) == 1:
+            Deferred.fromCoroutine(self._read(queue)).addBoth(self._read_done)
+        return waiter
+
+    def _read_done(self, result):
+        waiters, self._readers = self._readers, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read(self, queue):
+        types = await queue.known_types()
+        stats = [None] * len(types)
+        todo = iter(enumerate(types))
+
+        async def reader(first):
+            for i, queue_type in todo:
+                while not first and self.busy():  # one reader only, then
+                    await deferLater(self.reactor, BUSY_PAUSE)
+                stats[i] = await queue.type_stats(queue_type)
+
+        readers = [Deferred.fromCoroutine(reader(n == 0)) for n in range(STATS_READERS)]
+        try:
+            await gatherResults(readers, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
+        return stats
+
     def busy(self):
-        """Whether requests other than scrapes being encoded are in flight."""
-        return self.in_flight() > self.renders
+        """Whether requests other than scrapes are in flight."""
+        return self.in_flight() > self.scrapes
 
     def _schedule(self, step):
         return self.reactor.callLater(BUSY_PAUSE if self.busy() else 0, step)
