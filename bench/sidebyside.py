@@ -35,6 +35,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 import processes  # noqa: E402  (the process harness shared with the tests)
-from resp import Redis  # noqa: E402
+from resp import Redis, RespError  # noqa: E402
 from run import QTYPE, Scripts  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
@@ -98,13 +99,13 @@ class Server:
 class Sharqd(Server):
     name = "sharqd"
 
-    def __init__(self, tmp, redis_port, twistd, prefix="sharqd_bench"):
+    def __init__(self, tmp, redis_port, twistd, prefix="sharqd_bench", redis=""):
         super().__init__(tmp, redis_port)
         conf = tmp / f"sharqd-{self.port}.conf"
         conf.write_text(processes.sharq_conf(
             self.port, redis_port, prefix,
             sharq="job_expire_interval : 600000\njob_requeue_interval : 1000",
-            server="workers : 1"))
+            server="workers : 1", redis=redis))
         self.launcher = processes.SharqdProcess([twistd], str(conf),
                                                 str(tmp / f"sharqd-{self.port}.log"), str(tmp))
 
@@ -331,23 +332,113 @@ def metrics_paging(redis, sharqd_port, queues):
             "calls": len(entries)}
 
 
-def idle_types(redis, twistd, tmp, types, window):
+def idle_types(redis, twistd, tmp, types, window, registered_ago=0):
     """sharqd and Redis CPU (% of a core) over `window` s with `types`
-    queue types holding one pending job each and nothing to requeue."""
+    queue types holding one pending job each and nothing to requeue,
+    registered `registered_ago` s ago (an hour: the requeue sweep checks
+    whether each type may leave the registry)."""
     scripts = Scripts(redis)
     redis.call("FLUSHALL")
     redis.pipeline([scripts.enqueue_cmd("q", "j", b"{}", qtype=f"t{i}") for i in range(types)])
+    # registered as sharqd registers a type before its first enqueue: the
+    # requeue pass finds the types in the registry
+    then = int(time.time()) - registered_ago
+    redis.pipeline([["ZADD", "sharq_server:registry", then, f"t{i}"] for i in range(types)])
     server = Sharqd(tmp, redis.port, twistd, prefix="sharq_server").start()
     try:
-        time.sleep(3)  # the first passes, connections warmed up
-        c0, r0, t0 = server.cpu_s(), redis_cpu(redis), time.monotonic()
-        time.sleep(window)
-        elapsed = time.monotonic() - t0
-        return {"types": types, "sharqd_pct": 100 * (server.cpu_s() - c0) / elapsed,
-                "redis_pct": 100 * (redis_cpu(redis) - r0) / elapsed}
+        return dict(idle_window(server, lambda: redis_cpu(redis), types, window),
+                    registered_ago=registered_ago)
     finally:
         server.stop()
         redis.call("FLUSHALL")
+
+
+def idle_window(server, redis_cpu_s, types, window):
+    time.sleep(3)  # the first passes, connections warmed up
+    c0, r0, t0 = server.cpu_s(), redis_cpu_s(), time.monotonic()
+    time.sleep(window)
+    elapsed = time.monotonic() - t0
+    return {"types": types, "sharqd_pct": 100 * (server.cpu_s() - c0) / elapsed,
+            "redis_pct": 100 * (redis_cpu_s() - r0) / elapsed}
+
+
+def free_cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = processes.free_port()
+        if port > 55000:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
+def start_cluster(masters=3):
+    """A Redis Cluster of `masters` masters, no replicas, on free ports."""
+    nodes = [processes.RedisServer(port=free_cluster_port(), options=[
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]).start()
+        for _ in range(masters)]
+    subprocess.run(["redis-cli", "--cluster", "create",
+                    *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes"],
+                   check=True, capture_output=True, timeout=60)
+    processes.wait_for(lambda: all(b"cluster_state:ok" in Redis(port=n.port).call(
+        "CLUSTER", "INFO") for n in nodes), timeout=30, step=0.2)
+    return nodes
+
+
+def backdate_registry(nodes, types, seconds):
+    """The registry's scores of types t0.. moved `seconds` back, on the
+    node that holds the registry."""
+    then = int(time.time()) - seconds
+    for node in nodes:
+        redis = Redis(port=node.port)
+        try:
+            redis.call("ZCARD", "sharq_server:registry")
+        except RespError:  # MOVED: another node holds it
+            continue
+        finally:
+            redis.close()
+        redis = Redis(port=node.port)
+        redis.pipeline([["ZADD", "sharq_server:registry", then, f"t{i}"]
+                        for i in range(types)])
+        redis.close()
+        return
+    raise RuntimeError("no node holds the registry")
+
+
+def idle_types_cluster(twistd, tmp, types, window, masters=3, registered_ago=0):
+    """idle_types on a Redis Cluster of `masters` masters: the types are
+    enqueued (and registered) over HTTP, then their registration moved
+    `registered_ago` s back; Redis CPU is that of all nodes from /proc,
+    and the same window after sharqd stopped is given too (the nodes' own
+    cluster bus and cron)."""
+    nodes = start_cluster(masters)
+    try:
+        nodes_cpu = lambda: sum(processes.cpu_seconds(n.pid) for n in nodes)  # noqa: E731
+        server = Sharqd(tmp, nodes[0].port, twistd, prefix="sharq_server",
+                        redis="clustered : true").start()
+        try:
+            body = json.dumps({"job_id": "j", "interval": 0, "payload": {}})
+            answers, _ = drive(server.port, [("POST", f"/enqueue/t{i}/q/", body)
+                                             for i in range(types)])
+            if any(status != 201 for status, _ in answers):
+                raise RuntimeError(f"cluster fill: {Counter(s for s, _ in answers)}")
+            if registered_ago:
+                backdate_registry(nodes, types, registered_ago)
+            row = idle_window(server, nodes_cpu, types, window)
+        finally:
+            server.stop()
+        r0, t0 = nodes_cpu(), time.monotonic()
+        time.sleep(window)
+        row["redis_alone_pct"] = 100 * (nodes_cpu() - r0) / (time.monotonic() - t0)
+        row["masters"], row["registered_ago"] = masters, registered_ago
+        return row
+    finally:
+        for node in nodes:
+            node.cleanup()
 
 
 def requeue_at_scale(redis, twistd, tmp, jobs):
@@ -365,6 +456,9 @@ def requeue_at_scale(redis, twistd, tmp, jobs):
                          f"j{i}", 0, b'{"n":1}', -1, ""] for i in part])
         redis.pipeline([["EVALSHA", scripts.sha["dequeue"], 0, *head(), 1000] for _ in part])
     active = int(redis.call("ZCARD", f"sharq_server:{{{QTYPE}}}:deadlines"))
+    # registered, as sharqd registers a type before its first enqueue (an
+    # unregistered type is never passed)
+    redis.call("ZADD", "sharq_server:registry", int(time.time()), QTYPE)
     server = Sharqd(tmp, redis.port, twistd, prefix="sharq_server").start()
     latencies, done = [], threading.Event()
 
@@ -382,11 +476,15 @@ def requeue_at_scale(redis, twistd, tmp, jobs):
 
     probe = threading.Thread(target=enqueue_meanwhile)
     started = time.monotonic()
+    c0, r0 = server.cpu_s(), redis_cpu(redis)
     probe.start()
     try:
         processes.wait_for(lambda: int(redis.call(
             "ZCARD", f"sharq_server:{{{QTYPE}}}:deadlines")) == 0, timeout=3600, step=0.1)
         seconds = time.monotonic() - started
+        # CPU time holds on a busy machine better than the seconds (the
+        # probe's enqueues are in it, about 0.1 ms each)
+        sharqd_cpu, redis_cpu_s = server.cpu_s() - c0, redis_cpu(redis) - r0
     finally:
         done.set()
         probe.join()
@@ -394,6 +492,7 @@ def requeue_at_scale(redis, twistd, tmp, jobs):
         redis.call("FLUSHALL")
     latencies.sort()
     return {"jobs": active, "seconds": seconds, "enqueues": len(latencies),
+            "sharqd_cpu_s": sharqd_cpu, "redis_cpu_s": redis_cpu_s,
             "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
             "max_ms": 1000 * latencies[-1]}
 
@@ -409,10 +508,17 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b else "n/a"
 
 
-def report(meta, http_rows, memory, raw, paging, idle, requeue):
+def report(meta, http_rows, memory, raw, paging, idle, requeue, idle_cluster=()):
     out = [MARK, "## Side by side with the original SharQ Server", ""]
     out += [f"- {line}" for line in meta] + [""]
-    out += ["### CPU and Redis time per request (same HTTP workload, one Redis)", "",
+    if http_rows:
+        out += side_by_side(http_rows, memory, raw)
+    out += ["", "### sharqd alone: figures for the next round", ""]
+    return "\n".join(out + alone(paging, idle, requeue, idle_cluster)) + "\n"
+
+
+def side_by_side(http_rows, memory, raw):
+    out = ["### CPU and Redis time per request (same HTTP workload, one Redis)", "",
             "Server CPU: utime+stime of the server's process tree per request (sharqd "
             "workers = 1; original: gunicorn master + 1 gevent worker).  Script time: "
             "usec of EVALSHA/EVAL in INFO commandstats per request (the server's own "
@@ -464,7 +570,11 @@ def report(meta, http_rows, memory, raw, paging, idle, requeue):
         out += ["", "### Enqueue script alone (redis-benchmark, 32 connections)", "",
                 "| | sharqd calls/s | original calls/s | ratio |", "|---|---:|---:|---:|",
                 f"| enqueue | {raw[0]:,.0f} | {raw[1]:,.0f} | {ratio(raw[0], raw[1])} |"]
-    out += ["", "### sharqd alone: figures for the next round", ""]
+    return out
+
+
+def alone(paging, idle, requeue, idle_cluster):
+    out = []
     if paging:
         out += [f"- `/metrics/<type>/` over {paging['queues']:,} queues, pages of 10,000 to "
                 f"the end: {paging['seen']:,} ids in {paging['pages']} pages, "
@@ -477,15 +587,26 @@ def report(meta, http_rows, memory, raw, paging, idle, requeue):
     if requeue:
         out.append(f"- requeue at scale: {requeue['jobs']:,} active jobs (1,000 queues) "
                    f"whose leases ended at the same moment, put back by sharqd's requeue "
-                   f"passes in {requeue['seconds']:.1f} s (from sharqd's start); an enqueue "
+                   f"passes in {requeue['seconds']:.1f} s (from sharqd's start; CPU time "
+                   f"meanwhile: sharqd {requeue['sharqd_cpu_s']:.1f} s, Redis "
+                   f"{requeue['redis_cpu_s']:.1f} s); an enqueue "
                    f"every 10 ms meanwhile ({requeue['enqueues']:,}): p99 "
                    f"{requeue['p99_ms']:.1f} ms, max {requeue['max_ms']:.1f} ms")
     for row in idle:
+        ago = (f", registered {row['registered_ago'] // 60} minutes ago"
+               if row.get("registered_ago") else "")
         out.append(f"- requeue pass, {row['types']:,} idle types (one pending job each, "
-                   f"nothing expiring): sharqd {row['sharqd_pct']:.1f}% of a core, Redis "
+                   f"nothing expiring{ago}): sharqd {row['sharqd_pct']:.1f}% of a core, Redis "
                    f"{row['redis_pct']:.1f}%")
+    for row in idle_cluster:
+        ago = (f", registered {row['registered_ago'] // 60} minutes ago"
+               if row.get("registered_ago") else "")
+        out.append(f"- requeue pass on a Redis Cluster of {row['masters']} masters, "
+                   f"{row['types']:,} idle types{ago}: sharqd {row['sharqd_pct']:.1f}% of a core, "
+                   f"Redis (all nodes) {row['redis_pct']:.1f}% (the nodes alone, without "
+                   f"sharqd: {row['redis_alone_pct']:.1f}%)")
     out.append(MARK)
-    return "\n".join(out) + "\n"
+    return out
 
 
 def write_results(markdown):
@@ -501,6 +622,9 @@ def write_results(markdown):
 
 # ---------------------------------------------------------------- main
 
+PARTS = ("http", "memory", "raw", "paging", "idle", "idle-cluster", "requeue")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--twistd", default=str(ROOT / ".venv" / "bin" / "twistd"))
@@ -510,14 +634,27 @@ def main():
     parser.add_argument("--jobs", type=int, default=5000, help="jobs of the HTTP workload")
     parser.add_argument("--mem-jobs", type=int, default=100000)
     parser.add_argument("--requeue-jobs", type=int, default=1000000)
+    parser.add_argument("--idle-types", default="2000,20000",
+                        help="numbers of idle types, comma-separated")
     parser.add_argument("--quick", action="store_true", help="small counts, a smoke test")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help="comma-separated parts to run (%s); printed, not "
+                        "written, unless all run" % ", ".join(PARTS))
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(PARTS):
+        parser.error(f"--only: unknown parts {sorted(only - set(PARTS))}")
     if args.quick:
         args.jobs, args.mem_jobs, args.requeue_jobs = 500, 5000, 20000
+        args.idle_types = "200"
+    idle_counts = [int(n) for n in args.idle_types.split(",")]
+    window = 3 if args.quick else 10
     source, venv = Path(args.original).resolve(), Path(args.original_venv).resolve()
-    original_venv(source, venv)
-    lua = next(venv.glob("lib/python3*/site-packages/sharq/scripts/lua/enqueue.lua"))
+    if only & {"http", "memory", "raw"}:
+        only |= {"http", "memory", "raw"}  # the side-by-side tables go together
+        original_venv(source, venv)
+        lua = next(venv.glob("lib/python3*/site-packages/sharq/scripts/lua/enqueue.lua"))
     load = os.getloadavg()
     meta = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
             f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
@@ -528,6 +665,8 @@ def main():
             f"HTTP workload: {args.jobs:,} jobs over 1,000 queues (interval 0), enqueued, "
             "dequeued and finished over 4 keep-alive connections, first sharqd, then the "
             "original, each with only its own server running"]
+    http_rows, memory, raw, paging, idle, requeue, idle_cluster = {}, None, None, None, [], \
+        None, []
     with tempfile.TemporaryDirectory(prefix="sharqd-sidebyside-") as tmpdir:
         tmp = Path(tmpdir)
         redis_server = processes.RedisServer(options=["--maxclients", "10000"]).start()
@@ -536,52 +675,68 @@ def main():
         try:
             meta.append(f"Redis {redis.info('server')['redis_version']}, one "
                         "redis-server for both (own process, no persistence)")
-            http_rows = {}
-            for side in SIDES:
+            if "http" in only:
+                for side in SIDES:
+                    redis.call("FLUSHALL")
+                    server = (Sharqd(tmp, redis.port, args.twistd) if side == "sharqd" else
+                              Original(tmp, redis.port, venv, source))
+                    server.start()
+                    try:
+                        log(f"{side}: HTTP workload")
+                        http_rows[side] = lifecycle(server, redis, args.jobs, 1000)
+                    finally:
+                        server.stop()
+            if "memory" in only:
+                memory = {"jobs": args.mem_jobs, "rows": []}
+                conf = tmp / "original-fill.conf"
+                conf.write_text(original_conf(redis.port, "original_bench"))
+                for queues in (1000, 100000):
+                    row = {}
+                    redis.call("FLUSHALL")
+                    log(f"memory, {queues} queue_ids: sharqd")
+                    row["sharqd"] = memory_sharqd(redis, args.mem_jobs, queues)
+                    redis.call("FLUSHALL")
+                    log(f"memory, {queues} queue_ids: original")
+                    row["original"] = memory_original(redis, venv / "bin" / "python", conf,
+                                                      args.mem_jobs, queues,
+                                                      dequeue=queues <= 1000)
+                    memory["rows"].append((queues, row))
+            if "raw" in only:
                 redis.call("FLUSHALL")
-                server = (Sharqd(tmp, redis.port, args.twistd) if side == "sharqd" else
-                          Original(tmp, redis.port, venv, source))
-                server.start()
+                log("redis-benchmark of both enqueue scripts")
+                raw = raw_enqueue(redis, redis.port, lua, 20000 if not args.quick else 2000)
+            if "paging" in only:
+                log("metrics paging")
+                server = Sharqd(tmp, redis.port, args.twistd, prefix="sharq_server").start()
                 try:
-                    log(f"{side}: HTTP workload")
-                    http_rows[side] = lifecycle(server, redis, args.jobs, 1000)
+                    paging = metrics_paging(redis, server.port,
+                                            20000 if args.quick else 200000)
                 finally:
                     server.stop()
-            memory = {"jobs": args.mem_jobs, "rows": []}
-            conf = tmp / "original-fill.conf"
-            conf.write_text(original_conf(redis.port, "original_bench"))
-            for queues in (1000, 100000):
-                row = {}
-                redis.call("FLUSHALL")
-                log(f"memory, {queues} queue_ids: sharqd")
-                row["sharqd"] = memory_sharqd(redis, args.mem_jobs, queues)
-                redis.call("FLUSHALL")
-                log(f"memory, {queues} queue_ids: original")
-                row["original"] = memory_original(redis, venv / "bin" / "python", conf,
-                                                  args.mem_jobs, queues,
-                                                  dequeue=queues <= 1000)
-                memory["rows"].append((queues, row))
-            redis.call("FLUSHALL")
-            log("redis-benchmark of both enqueue scripts")
-            raw = raw_enqueue(redis, redis.port, lua, 20000 if not args.quick else 2000)
-            log("metrics paging")
-            server = Sharqd(tmp, redis.port, args.twistd, prefix="sharq_server").start()
-            try:
-                paging = metrics_paging(redis, server.port, 20000 if args.quick else 200000)
-            finally:
-                server.stop()
-            idle = []
-            for types in ((200,) if args.quick else (2000, 20000)):
+            for types in idle_counts if "idle" in only else ():
                 log(f"requeue pass with {types} idle types")
-                idle.append(idle_types(redis, args.twistd, tmp, types, 3 if args.quick else 10))
-            log(f"requeue of {args.requeue_jobs} expired jobs")
-            requeue = requeue_at_scale(redis, args.twistd, tmp, args.requeue_jobs)
+                idle.append(idle_types(redis, args.twistd, tmp, types, window))
+            if "idle" in only:
+                log(f"requeue pass with {idle_counts[-1]} idle types registered long ago")
+                idle.append(idle_types(redis, args.twistd, tmp, idle_counts[-1], window,
+                                       registered_ago=3600))
+            for types in idle_counts if "idle-cluster" in only else ():
+                log(f"requeue pass with {types} idle types on a Redis Cluster")
+                idle_cluster.append(idle_types_cluster(args.twistd, tmp, types, window))
+            if "idle-cluster" in only:
+                log(f"requeue pass with {idle_counts[-1]} idle types registered long ago "
+                    "on a Redis Cluster")
+                idle_cluster.append(idle_types_cluster(args.twistd, tmp, idle_counts[-1],
+                                                       window, registered_ago=3600))
+            if "requeue" in only:
+                log(f"requeue of {args.requeue_jobs} expired jobs")
+                requeue = requeue_at_scale(redis, args.twistd, tmp, args.requeue_jobs)
         finally:
             redis.close()
             redis_server.cleanup()
-    markdown = report(meta, http_rows, memory, raw, paging, idle, requeue)
+    markdown = report(meta, http_rows, memory, raw, paging, idle, requeue, idle_cluster)
     print(markdown)
-    if not args.no_write:
+    if not args.no_write and only == set(PARTS):
         write_results(markdown)
 
 

@@ -271,6 +271,9 @@ def makeService(options, reactor=None):
                      idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
                      body_timeout=server.body_timeout, max_connections=max_connections,
                      admit=admit)
+    # a scrape steps back while other requests are answered (long-polls
+    # that only wait do not count)
+    exposition.in_flight = lambda: site.in_flight - waiters.waiting()
     endpoint, factory, reload_tls = listening(config, site, reactor)
     for reload in (site.reopen_log, reload_tokens, reload_tls):
         if reload is not None:

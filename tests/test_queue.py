@@ -380,7 +380,8 @@ class QueueRulesTCP(TestCase):
 
     async def test_keys_of_a_type_share_one_hash_tag(self):
         """When a type is used, all its keys carry the type's hash tag; the
-        rest are the documented global keys."""
+        rest are the documented global keys (the registry, and the index of
+        due types in a slot of its own)."""
         await self.put("a")
         await self.put("b", qtype="email")
         await self.take()
@@ -388,8 +389,8 @@ class QueueRulesTCP(TestCase):
         keys = [k.decode() for k in await all_keys(self.q)]
         for key in keys:
             rest = key[len(self.q.prefix) + 1:]
-            self.assertTrue(rest.startswith(("{sms}:", "{email}:")) or rest == "registry",
-                            key)
+            self.assertTrue(rest.startswith(("{sms}:", "{email}:", "{due}:"))
+                            or rest == "registry", key)
 
 
 class QueueRulesUnixSocket(QueueRulesTCP):

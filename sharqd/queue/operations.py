@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
@@ -27,9 +28,16 @@ SCRIPTS = {name: load_script(name) for name in (
     "deadletters", "policy", "explain", "stats", "topqueues", "migrate")}
 LOCK = load_script("lock", shared=False)
 PRUNE = load_script("prune", shared=False)
+DUE = load_script("due", shared=False)
+
+# Types a pass reads from the index of due types at most (the earliest
+# first; more wait for the next pass): keeps that call to a few ms.
+DUE_LIMIT = 10000
+# Types one due-index call or ZMSCORE names at most.
+DUE_STEP = 1000
 
 # The registry of queue types (`<prefix>:registry`, a zset type -> epoch s)
-# is what the requeue pass and GET /metrics/ go through: no script touches
+# is what the requeue sweep and GET /metrics/ go through: no script touches
 # a key outside its type's hash slot, so sharqd writes it itself, before a
 # type's first enqueue and then at most every REGISTER_EVERY s per process.
 # A type leaves it once idle (no queue, no count in 11 minutes) and not
@@ -148,7 +156,7 @@ def _dequeued(reply, queue_type):
         return None
     if reply == -1:
         raise TypePaused(queue_type)
-    queue_id, job_id, payload, budget, left, lease_id = reply
+    queue_id, job_id, payload, budget, left, lease_id = reply[:6]
     return Job(queue_id.decode(), job_id.decode(), payload, int(budget), left,
                lease_id.decode())
 
@@ -213,6 +221,10 @@ class Explanation:
     sources: dict = None  # rate, max_active, paused -> "queue" | "type" | None
 
 
+def _head_score(head):
+    return int(float(head[1])) if head else None
+
+
 def _bytes(value):
     """A script's reply value (integer or bulk string) as bytes."""
     return value if isinstance(value, bytes) else b"%d" % value
@@ -228,6 +240,8 @@ LAYOUT = b"2"
 
 
 class Queue:
+    log = Logger()
+
     def __init__(self, execute, key_prefix="sharq_server", job_expire_interval=1000,
                  clock=None, dead_letter_limit=10000, masters=None, durable=None):
         """
@@ -244,6 +258,12 @@ class Queue:
         self.durable = durable or execute
         self.prefix = key_prefix
         self.registry = f"{key_prefix}:registry"
+        # the index of due types (lua/due.lua), in a slot of its own
+        self.due_keys = tuple(f"{key_prefix}:{{due}}:{name}" for name in ("at", "gen", "seq"))
+        # types whose dequeue or touch failed: the script may have run (a
+        # reply lost with its connection) and set a deadline nobody marked;
+        # the requeue service checks them (unsure_types)
+        self._unsure = set()
         self.job_expire_interval = job_expire_interval
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
@@ -307,7 +327,28 @@ class Queue:
     def dequeue(self, queue_type, lease=None):
         """Deferred of the next ready job of the type, or of None."""
         d = self._run("dequeue", queue_type, lease or self.job_expire_interval)
-        return d.addCallback(_dequeued, queue_type)
+        return d.addCallbacks(self._marked_job, self._failed_unsure, (queue_type,), None,
+                              (queue_type,))
+
+    def _failed_unsure(self, failure, queue_type):
+        self._unsure.add(queue_type)
+        return failure
+
+    def unsure_types(self):
+        """The types whose dequeue (or touch) failed since the last call."""
+        unsure, self._unsure = self._unsure, set()
+        return sorted(unsure)
+
+    def still_unsure(self, types):
+        """unsure_types() gave these, and checking them failed."""
+        self._unsure.update(types)
+
+    def _marked_job(self, reply, queue_type):
+        if isinstance(reply, list) and len(reply) > 6:
+            # the job is answered once its deadline is in the index
+            return self.mark_due([(queue_type, reply[6])]).addCallback(
+                lambda _: _dequeued(reply, queue_type))
+        return _dequeued(reply, queue_type)
 
     def finish(self, queue_type, queue_id, job_id, lease_id=None):
         """Finish an active job; with lease_id only if that is its current lease."""
@@ -326,15 +367,86 @@ class Queue:
 
     async def requeue(self, queue_type, batch):
         """Put back up to batch expired jobs; returns (requeued, discarded, seen)."""
-        return tuple(await self._run("requeue", queue_type, batch,
-                                     self.dead_letter_limit))
+        return (await self.requeue_batch(queue_type, batch))[:3]
+
+    async def requeue_batch(self, queue_type, batch):
+        """Put back up to batch expired jobs; returns (requeued, discarded,
+        seen, the type's earliest deadline now or None)."""
+        requeued, discarded, seen, head = await self._run(
+            "requeue", queue_type, batch, self.dead_letter_limit)
+        return requeued, discarded, seen, (None if head < 0 else head)
+
+    # ---- the index of due types (lua/due.lua; see requeue.py)
+
+    def mark_due(self, marks):
+        """Lower the index's bound of each (type, deadline) of marks.
+        Never fails: a mark that does not reach Redis is logged, and the
+        requeue service's sweep finds the deadline.  Cancelling the
+        Deferred returned (a client hanging up) leaves the mark going."""
+        d = DUE(self.execute, self.due_keys,
+                (b"mark", *(part for mark in marks for part in mark)))
+        shield = Deferred()
+        d.addErrback(self._not_marked, marks).chainDeferred(shield)
+        return shield
+
+    def _not_marked(self, failure, marks):
+        self.log.warn("Deadlines of {types} not marked in the requeue index: {error}; "
+                      "the requeue sweep will find them",
+                      types=", ".join(t for t, _ in marks[:5]), error=failure.getErrorMessage())
+
+    async def due_types(self, limit=DUE_LIMIT):
+        """[(type, generation)] of up to limit types whose deadline bound
+        has come, the earliest first."""
+        now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
+        reply = await DUE(self.execute, self.due_keys, (b"due", now, limit))
+        return [(reply[i].decode(), reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    async def settle_due(self, settled):
+        """For each (type, generation, next deadline or None) of settled
+        whose generation is unchanged, set the type's bound to next, or
+        drop it from the index; returns how many were."""
+        n = 0
+        for i in range(0, len(settled), DUE_STEP):
+            n += await DUE(self.execute, self.due_keys, (b"settle", *(
+                part for t, generation, head in settled[i:i + DUE_STEP]
+                for part in (t, generation, b"" if head is None else head))))
+        return n
+
+    async def due_bounds(self, types):
+        """The index's bound of each type (None: not in the index)."""
+        bounds = []
+        for i in range(0, len(types), DUE_STEP):
+            reply = await self.execute(b"ZMSCORE", self.due_keys[0], *types[i:i + DUE_STEP])
+            bounds += [None if b is None else float(b) for b in reply]
+        return bounds
+
+    def earliest_deadline(self, queue_type):
+        """Deferred of the earliest deadline (epoch ms) of the type's active
+        jobs, or None.  (A plain Deferred: the sweep asks it of many types.)"""
+        d = self.execute(b"ZRANGE", f"{self.prefix}:{{{queue_type}}}:deadlines",
+                         0, 0, b"WITHSCORES")
+        return d.addCallback(_head_score)
+
+    async def registry_page(self, cursor, count):
+        """(next cursor, [(type, epoch s of its last registration)]) of one
+        ZSCAN of the registry: every type in it for a whole round of
+        cursors is seen at least once."""
+        cursor, flat = await self.execute(b"ZSCAN", self.registry, cursor, b"COUNT", count)
+        return cursor, [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def registry_size(self):
+        return int(await self.execute(b"ZCARD", self.registry))
 
     async def registered_types(self):
         """Every type of the registry (with `<prefix>:types`, the set of
         earlier versions, until its types are idle)."""
-        types = set(await self.execute(b"ZRANGE", self.registry, 0, -1))
-        types.update(await self.execute(b"SMEMBERS", f"{self.prefix}:types"))
-        return sorted(t.decode() for t in types)
+        types = {t.decode() for t in await self.execute(b"ZRANGE", self.registry, 0, -1)}
+        return sorted(types.union(await self.legacy_types()))
+
+    async def legacy_types(self):
+        """The types of `<prefix>:types`, the set of earlier versions."""
+        return sorted(t.decode() for t in await self.execute(
+            b"SMEMBERS", f"{self.prefix}:types"))
 
     async def queue_types(self):
         """The types with any pending or active job."""
@@ -362,12 +474,18 @@ class Queue:
         minute = now - now % 60000
         return [minute - i * 60000 for i in range(9, -1, -1)]
 
-    async def forget_if_idle(self, queue_type, cutoff=None):
+    def forget_cutoff(self):
+        """Types registered last before this (epoch s) may be forgotten."""
+        return self._wall() - FORGET_AFTER
+
+    async def forget_if_idle(self, queue_type, cutoff=None, score=False):
         """Drop an idle type from the registry if not registered since
-        cutoff (default FORGET_AFTER s ago); True when dropped."""
+        cutoff (default FORGET_AFTER s ago); True when dropped.  score:
+        its registry score when the caller has just read it."""
         if cutoff is None:
-            cutoff = self._wall() - FORGET_AFTER
-        score = await self.execute(b"ZSCORE", self.registry, queue_type)
+            cutoff = self.forget_cutoff()
+        if score is False:
+            score = await self.execute(b"ZSCORE", self.registry, queue_type)
         if score is not None and float(score) > cutoff:
             return False
         if not await self._run("metrics", queue_type, b"idle"):
@@ -452,9 +570,12 @@ class Queue:
         """Up to count ready jobs of the type, and the milliseconds until
         the type's next ready time (None when nothing is pending)."""
         reply = await self._run("dequeuebatch", queue_type,
-                                lease or self.job_expire_interval, count)
+                                lease or self.job_expire_interval, count).addErrback(
+                                    self._failed_unsure, queue_type)
         if reply[0] == -2:
             raise TypePaused(queue_type)
+        if len(reply) % 6 == 2:  # the type's deadline bound went down
+            await self.mark_due([(queue_type, reply.pop())])
         jobs = [Job(reply[i].decode(), reply[i + 1].decode(), reply[i + 2],
                     int(reply[i + 3]), reply[i + 4], reply[i + 5].decode())
                 for i in range(1, len(reply), 6)]
@@ -481,13 +602,16 @@ class Queue:
     async def touch(self, queue_type, queue_id, job_id, lease=None, lease_id=None):
         """Move an active job's deadline to now + lease; returns the deadline
         (epoch ms).  With lease_id, only if that is its current lease."""
-        deadline = await self._run("touch", queue_type, queue_id, job_id,
-                                   lease or self.job_expire_interval, lease_id or b"")
-        if deadline == -1:
+        reply = await self._run("touch", queue_type, queue_id, job_id,
+                                lease or self.job_expire_interval, lease_id or b"").addErrback(
+                                    self._failed_unsure, queue_type)
+        if reply == -1:
             raise _not_current_lease(queue_type, queue_id, job_id, lease_id)
-        if not deadline:
+        if not reply:
             raise _not_active(queue_type, queue_id, job_id)
-        return int(deadline)
+        if len(reply) > 1:  # a shorter lease: the type's deadline bound went down
+            await self.mark_due([(queue_type, reply[1])])
+        return int(reply[0])
 
     # ---- rate policies (queue_id None: the type's default policy)
 

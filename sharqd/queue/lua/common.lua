@@ -389,6 +389,24 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   return 201, length + 1
 end
 
+-- Set an active job's deadline.  sharqd keeps an index of the types with
+-- active jobs, type -> a lower bound of its earliest deadline, outside the
+-- type's slot (sharqd/queue/requeue.py); K_INDEXED is the bound the index
+-- holds (or will, once sharqd has marked it) for this type.  A deadline
+-- below it (or with none) is kept in DUE_MARK: the script's reply carries
+-- it, and sharqd marks it in the index.  With one lease for all jobs that
+-- is only when the type had no active job since its last requeue pass.
+local K_INDEXED = BASE .. ':indexed'
+local DUE_MARK = false
+local INDEXED  -- read once per call
+local function set_deadline(member, at)
+  redis.call('ZADD', K_DEADLINES, at, member)
+  if INDEXED == nil then INDEXED = tonumber(redis.call('GET', K_INDEXED)) or false end
+  if INDEXED and at >= INDEXED then return end
+  redis.call('SET', K_INDEXED, at)
+  INDEXED, DUE_MARK = at, at
+end
+
 -- Take the head job of the earliest ready queue (dequeue.lua, batches).
 -- The head is checked against its policy first: after a change of the
 -- type's default policy a queue may be in the ready set too early (or be
@@ -437,7 +455,7 @@ local function take_one(lease, tally)
           redis.call('ZREM', K_READY, qid)
           redis.call('HDEL', meta, 'since')
         end
-        redis.call('ZADD', K_DEADLINES, NOW + lease, qid .. ':' .. jid)
+        set_deadline(qid .. ':' .. jid, NOW + lease)
         tally[qid] = (tally[qid] or 0) + 1
         return qid, jid, payload, budget, left, lease_id
       end

@@ -5,7 +5,8 @@
 -- Returns {-2} when the type is paused, else {ms until the type's next
 -- ready time or -1 when no queue of it is ready or waiting for its rate,
 -- then queue_id, job_id, payload, requeues_remaining, pending length after,
--- lease id, per job}
+-- lease id, per job, then, when the type's deadline bound went down, the
+-- new bound (see set_deadline)}
 if type_policy().type_paused then return {-2} end
 local lease, wanted = tonumber(ARGV[5]), tonumber(ARGV[6])
 local reply, tally, taken = {0}, {}, 0
@@ -20,4 +21,5 @@ end
 count_tally('dequeued', tally)
 add_total('dequeued', taken)
 reply[1] = next_ready_in()
+if DUE_MARK then reply[#reply + 1] = DUE_MARK end
 return reply

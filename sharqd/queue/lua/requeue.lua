@@ -1,7 +1,9 @@
 -- ARGV[5] batch size, [6] dead letter limit ("" for 10000).  Puts back up
 -- to that many expired jobs of the type; a job whose budget is spent moves
 -- to the type's dead letters instead.
--- Returns {requeued, dead, examined}
+-- Returns {requeued, dead, examined, the type's earliest deadline now or -1
+-- when it has no active job}: the bound the pass settles in the index of
+-- due types (see set_deadline).
 local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[5]))
 local dead_limit = tonumber(ARGV[6]) or 10000
 local requeued, discarded = 0, 0
@@ -61,4 +63,12 @@ end
 notify_ready()
 add_total('requeued', requeued)
 add_total('dead_lettered', discarded)
-return {requeued, discarded, #due}
+-- the index of due types will hold this bound once the pass settles it,
+-- or a lower one (the settle left out because a mark came meanwhile)
+local head = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
+if #head == 0 then
+  redis.call('DEL', K_INDEXED)
+  return {requeued, discarded, #due, -1}
+end
+redis.call('SET', K_INDEXED, head[2])
+return {requeued, discarded, #due, tonumber(head[2])}
