@@ -10,8 +10,9 @@ bench/RESULTS.md):
 
   * enqueue, dequeue and dequeue+finish at 32 and 64 connections (wrk -t2):
     req/s, p50, p99, 404s and errors, sharqd and Redis CPU us per request;
-  * the raw rate of the same Lua scripts (EVALSHA, common.lua + op, exactly as
-    sharqd loads them) by redis-benchmark at the same concurrency;
+  * the raw rate of the same Lua scripts (EVALSHA, what the op uses of
+    common.lua + op, exactly as sharqd loads them) by redis-benchmark at the
+    same concurrency;
   * the Redis time of the dequeue script with 1, 1,000 and 100,000 ready
     queues (SLOWLOG with slowlog-log-slower-than 0);
   * the performance floors, each met or MISSED.
@@ -40,7 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import processes  # noqa: E402  (the process harness shared with the tests)
+from sharqd.queue.lua import script_text  # noqa: E402  (stdlib only)
 from processes import CLK_TCK, free_port, process_tree  # noqa: E402
 from resp import Redis, RespError  # noqa: E402
 
@@ -52,7 +55,6 @@ def in_repo(text):
     """text with this checkout's absolute path written as a relative one:
     the results name no path of the machine they were taken on."""
     return str(text).replace(str(ROOT) + os.sep, "").replace(str(ROOT), ".")
-LUA_DIR = ROOT / "sharqd" / "queue" / "lua"
 PREFIX = "sharq_server"
 QTYPE = "bench"
 BASE = f"{PREFIX}:{{{QTYPE}}}"
@@ -198,13 +200,13 @@ class Sharqd:
 # ---------------------------------------------------------------- scripts
 
 class Scripts:
-    """The queue scripts as sharqd sends them: common.lua + "\\n" + op."""
+    """The queue scripts as sharqd sends them (script_text: what the op
+    uses of common.lua, then the op)."""
 
     def __init__(self, redis):
-        common = (LUA_DIR / "common.lua").read_bytes()
         self.sha = {}
         for op in ("enqueue", "dequeue", "finish"):
-            text = common + b"\n" + (LUA_DIR / f"{op}.lua").read_bytes()
+            text = script_text(op)
             sha = redis.call("SCRIPT", "LOAD", text).decode()
             if sha != hashlib.sha1(text).hexdigest():
                 raise BenchError(f"SCRIPT LOAD sha of {op} differs from sha1 of its text")
