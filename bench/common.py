@@ -11,7 +11,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LUA_DIR = ROOT / "sharqd" / "queue" / "lua"
 PREFIX = "sharq_server"
 QTYPE = "bench"
 BASE = f"{PREFIX}:{{{QTYPE}}}"

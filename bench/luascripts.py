@@ -1,25 +1,30 @@
 """
 sharqd's queue scripts called straight on Redis, as sharqd sends them
-(common.lua + "\\n" + op, the SHA checked), and a pipelined prefill of
-ready jobs: for the raw rates and the dequeue scaling of the wrk bench,
-and the memory figures of bench/sidebyside.py.
+(script_text: what the op uses of common.lua, then the op; the SHA
+checked), and a pipelined prefill of ready jobs: for the raw rates and the
+dequeue scaling of the wrk bench, and the memory figures of
+bench/sidebyside.py.
 """
 
 import hashlib
+import sys
 import time
 
-from common import LUA_DIR, NQUEUES, PREFIX, QTYPE, BenchError
+from common import NQUEUES, PREFIX, QTYPE, ROOT, BenchError
 from resp import RespError
+
+sys.path.insert(0, str(ROOT))
+from sharqd.queue.lua import script_text  # noqa: E402  (stdlib only)
 
 
 class Scripts:
-    """The queue scripts as sharqd sends them: common.lua + "\\n" + op."""
+    """The queue scripts as sharqd sends them (script_text: what the op
+    uses of common.lua, then the op)."""
 
     def __init__(self, redis):
-        common = (LUA_DIR / "common.lua").read_bytes()
         self.sha = {}
         for op in ("enqueue", "dequeue", "finish"):
-            text = common + b"\n" + (LUA_DIR / f"{op}.lua").read_bytes()
+            text = script_text(op)
             sha = redis.call("SCRIPT", "LOAD", text).decode()
             if sha != hashlib.sha1(text).hexdigest():
                 raise BenchError(f"SCRIPT LOAD sha of {op} differs from sha1 of its text")

@@ -24,6 +24,7 @@ from sharqd.web.hangup import HangupService
 from sharqd.web.site import AdoptedPortService, HTTPService, SharqSite, raise_fd_limit
 from sharqd.web.tls import ReloadableTLS, parse_ssl
 from sharqd.queue.channels import ready_listener, ready_pattern
+from sharqd.queue.migrate import LayoutWait, MigrationService
 from sharqd.queue.operations import Queue
 from sharqd.redis.cluster import ClusterService, ClusterSubscription
 from sharqd.redis.connection import RedisService, Subscription
@@ -238,6 +239,10 @@ def makeService(options, reactor=None):
     hangup.setServiceParent(top)
     queue, redis = make_queue(config, reactor)
     redis.setServiceParent(top)
+    # queue operations wait until the Redis layout is today's: the parent
+    # upgrades it, workers wait for the parent's mark
+    upgrade = MigrationService if options["adopt-fd"] is None else LayoutWait
+    upgrade(queue, reactor, config.redis.timeout).setServiceParent(top)
     RequeueService(queue, config.sharq.job_requeue_interval, reactor).setServiceParent(top)
     # each waiter holds a connection: more waiters than connections cannot be
     waiters = Waiters(queue, reactor, max_waiters=min(server.max_waiters, max_connections))
@@ -266,6 +271,9 @@ def makeService(options, reactor=None):
                      idle_timeout=server.idle_timeout, header_timeout=server.header_timeout,
                      body_timeout=server.body_timeout, max_connections=max_connections,
                      admit=admit)
+    # a scrape steps back while other requests are answered (long-polls
+    # that only wait do not count)
+    exposition.in_flight = lambda: site.in_flight - waiters.waiting()
     endpoint, factory, reload_tls = listening(config, site, reactor)
     for reload in (site.reopen_log, reload_tokens, reload_tls):
         if reload is not None:

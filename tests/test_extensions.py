@@ -6,6 +6,7 @@ the fake clock handed to the scripts, as in test_queue.py.
 """
 
 import json
+import re
 
 from twisted.trial.unittest import TestCase
 
@@ -28,15 +29,20 @@ async def dump(queue):
     """Every key of a queue's prefix (the prefix cut off) with its value and
     whether it expires."""
     read = {b"hash": "HGETALL", b"list": "LRANGE", b"set": "SMEMBERS",
-            b"zset": "ZRANGE", b"string": "GET"}
+            b"zset": "ZRANGE", b"string": "GET", b"stream": "XRANGE"}
     keys = await all_keys(queue)
     state = {}
     for key in keys:
         kind = await queue.execute(b"TYPE", key)
-        args = {b"list": (0, -1), b"zset": (0, -1, b"WITHSCORES")}.get(kind, ())
+        args = {b"list": (0, -1), b"zset": (0, -1, b"WITHSCORES"),
+                b"stream": (b"-", b"+")}.get(kind, ())
         value = await queue.execute(read[kind], key, *args)
+        if kind == b"hash":  # an active job's stream entry id is a time
+            value = [re.sub(rb"^(\d+) \d+-\d+$", rb"\1 <entry>", v) for v in value]
         if kind in (b"hash", b"set"):
             value = sorted(value)
+        if kind == b"stream":  # entry ids are times: the entries only
+            value = [fields for _, fields in value]
         expires = await queue.execute(b"PTTL", key) > 0
         state[key.decode()[len(queue.prefix):]] = (kind, value, expires)
     return state
@@ -320,8 +326,10 @@ class DeadLetters(TestCase):
         await self.q.requeue("sms", 10)
         await self.q.dequeue("sms")
         await self.q.finish("sms", "q1", "a")
-        limits = await self.q.execute(b"HKEYS", f"{self.q.prefix}:{{sms}}:limit:q1")
-        self.assertEqual(limits, [])
+        fields = await self.q.execute(b"HKEYS", f"{self.q.prefix}:{{sms}}:jobs:q1")
+        self.assertEqual(fields, [b"keep"])
+        stream = f"{self.q.prefix}:{{sms}}:activejobs"
+        self.assertEqual(await self.q.execute(b"XLEN", stream), 0)
 
     async def test_dead_letter_keys_share_the_type_hash_tag(self):
         """When jobs die, every dead-letter key carries the type's hash tag."""

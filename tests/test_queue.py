@@ -340,8 +340,9 @@ class QueueRulesTCP(TestCase):
             await self.q.finish("sms", "q1", "a")
         with self.assertRaises(NotFound):
             await self.q.delete_queue("sms", "q1")
-        keys = await all_keys(self.q, "{sms}:payload:*")
-        self.assertEqual(keys, [])
+        self.assertEqual(await all_keys(self.q, "{sms}:pending:*"), [])
+        stream = f"{self.q.prefix}:{{sms}}:activejobs"
+        self.assertEqual(await self.q.execute(b"XLEN", stream), 0)
 
     async def test_purge_all_ends_the_override(self):
         """When a queue is purged, its interval override is gone with it."""

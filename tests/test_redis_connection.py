@@ -7,6 +7,7 @@ start again; the contract of the one txredisapi subclass.
 import time
 
 import txredisapi
+from twisted.internet.defer import gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -119,6 +120,27 @@ class CommandPool(TestCase):
         await service.stopService()
         with self.assertRaises(RedisUnavailable):
             await service.execute(b"PING")
+
+
+    async def test_command_larger_than_the_socket_takes(self):
+        """When a command is larger than the socket takes at once, it reaches
+        Redis whole, the commands sent behind it are answered in order, and
+        once all are answered commands go straight to the socket again."""
+        service = RedisService(self.redis.section(timeout=10), poolsize=1)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await wait_until(lambda: service.live)
+        connection = service.live[0]
+        self.assertIsNotNone(connection.direct)  # a TCP socket
+        big = bytes(range(256)) * (64 << 12)  # 64 MiB
+        replies = [service.execute(b"SET", b"big", big),
+                   service.execute(b"INCR", b"n"), service.execute(b"GET", b"n")]
+        self.assertIsNone(connection.direct)  # the rest waits in the transport
+        self.assertEqual(await gatherResults(replies), [b"OK", 1, b"1"])
+        self.assertIs(connection.direct, connection.socket)
+        self.assertEqual(await service.execute(b"STRLEN", b"big"), len(big))
+        self.assertEqual(await service.execute(b"GETRANGE", b"big", -3, -1),
+                         big[-3:])
 
 
 class _Link:

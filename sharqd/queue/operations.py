@@ -6,7 +6,6 @@ function.  Inputs are already validated; results are plain Python values.
 import heapq
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
@@ -14,22 +13,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
+from sharqd.queue.lua import script_text
 from sharqd.redis.scripts import Script
 
-_LUA = resources.files("sharqd.queue.lua")
-_COMMON = _LUA.joinpath("common.lua").read_bytes()
-
-
 def load_script(name, shared=True):
-    """lua/<name>.lua, after the shared prelude unless told not."""
-    body = _LUA.joinpath(name + ".lua").read_bytes()
-    return Script(name, (_COMMON + b"\n" + body) if shared else body)
+    """lua/<name>.lua, after what it uses of the shared prelude unless told
+    not (see sharqd/queue/lua/__init__.py)."""
+    return Script(name, script_text(name, shared))
 
 
 SCRIPTS = {name: load_script(name) for name in (
     "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
     "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
-    "deadletters", "policy", "explain", "stats", "topqueues")}
+    "deadletters", "policy", "explain", "stats", "topqueues", "migrate")}
 LOCK = load_script("lock", shared=False)
 PRUNE = load_script("prune", shared=False)
 DUE = load_script("due", shared=False)
@@ -237,6 +233,11 @@ def _bytes(value):
 # queues one sweep call re-places after a change of a type's default policy
 SWEEP_STEP = 500
 
+# The Redis layout the scripts read and write (docs/redis-layout.md); a
+# type's totals hash says which one its keys are in once sharqd moved them
+# (migrate.lua; sharqd/queue/migrate.py runs it at startup).
+LAYOUT = b"2"
+
 
 class Queue:
     log = Logger()
@@ -268,8 +269,16 @@ class Queue:
         self.dead_letter_limit = dead_letter_limit
         self._registered = {}  # queue type -> when this process last registered it
         self._stats_waiters = []  # callers of all_type_stats while a read runs
+        # while the layout is being upgraded: gate(call) -> Deferred of
+        # call() once it is done (see sharqd/queue/migrate.py)
+        self.gate = None
 
     def _run(self, name, queue_type, *args, execute=None):
+        if self.gate is not None:
+            return self.gate(lambda: self._script(name, queue_type, *args, execute=execute))
+        return self._script(name, queue_type, *args, execute=execute)
+
+    def _script(self, name, queue_type, *args, execute=None):
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
         base = f"{self.prefix}:{{{queue_type}}}"
         # the base names the type's slot: a cluster routes by it
@@ -759,6 +768,44 @@ class Queue:
             rows = {r.queue_id: r for r in heapq.nsmallest(limit, rows.values(), key=order)}
             if cursor == b"0":
                 return sorted(rows.values(), key=order)
+
+    # ---- the layout upgrade (sharqd/queue/migrate.py)
+
+    async def types_to_upgrade(self):
+        """Every type sharqd knows of (registry, known types) whose keys are
+        not marked as in LAYOUT."""
+        types = set(await self.registered_types())
+        types.update(t.decode() for t in
+                     await self.execute(b"SMEMBERS", f"{self.prefix}:known_types"))
+        types = sorted(types)
+        marks = await _gather([self.execute(b"HGET", self._totals(t), b"layout")
+                               for t in types])
+        return [t for t, mark in zip(types, marks) if mark != LAYOUT]
+
+    def _totals(self, queue_type):
+        return f"{self.prefix}:{{{queue_type}}}:totals"
+
+    async def upgrade_type(self, queue_type):
+        """Move every queue of the type to LAYOUT, one script call (one
+        atomic step) per queue, then mark the type; returns how many queues
+        moved.  Harmless to run again, or after a crash half-way."""
+        key = f"{self.prefix}:{{{queue_type}}}:queues"
+        moved, cursor = 0, b"0"
+        while True:
+            cursor, members = await self.execute(b"SSCAN", key, cursor, b"COUNT", SCAN_STEP)
+            for queue_id in members:
+                moved += await self._script("migrate", queue_type, queue_id)
+            if cursor == b"0":
+                break
+        await self.execute(b"HSET", self._totals(queue_type), b"layout", LAYOUT)
+        return moved
+
+    async def mark_layout(self):
+        """Say that every type is in LAYOUT (worker processes wait for it)."""
+        await self.execute(b"SET", f"{self.prefix}:layout", LAYOUT)
+
+    async def layout_marked(self):
+        return await self.execute(b"GET", f"{self.prefix}:layout") == LAYOUT
 
     async def redis_version(self):
         """The Redis server's version, from INFO."""

@@ -19,7 +19,7 @@ from werkzeug.routing import RequestRedirect
 from sharqd import __version__
 from sharqd.web import dashboard, openapi, validation
 from sharqd.web.prometheus import Exposition, ProcessMetrics
-from sharqd.errors import BadRequest, NotFound, RedisUnavailable, SharqError
+from sharqd.errors import BadRequest, NotFound, SharqError
 from sharqd.queue.waiters import Waiters
 
 JSON = b"application/json"
@@ -264,13 +264,9 @@ class Api:
     async def prometheus(self, request):
         # without Redis the scrape still answers this process's metrics
         # (its Redis errors among them), with sharqd_redis_up 0
-        try:
-            stats = await self.queue.all_type_stats()
-        except RedisUnavailable:
-            stats = None
         accept = request.getHeader(b"accept")
-        content_type, body = await self.exposition.render(
-            stats, accept.decode("latin-1") if accept else "")
+        content_type, body = await self.exposition.scrape(
+            self.queue, accept.decode("latin-1") if accept else "")
         request.setHeader(b"content-type", content_type.encode())
         return body
 
@@ -610,16 +606,16 @@ class _HotPath(Resource):
             d = handler(request, *[value.decode() for value in values])
         except Exception:
             d = fail()
-        finished = request.notifyFinish()
         # the client hanging up cancels the work done for it, as Klein does
-        finished.addErrback(_cancel, d)
-        d.addCallbacks(_write, self._failed, (request, finished), None,
-                       (request, finished))
+        # (SharqRequest.connectionLost; a plain twisted.web Request, as in
+        # StubTreq's tests, has no such hook)
+        request.working = d
+        d.addCallbacks(_write, self._failed, (request,), None, (request,))
         return NOT_DONE_YET
 
-    def _failed(self, failure, request, finished):
-        if not finished.called:  # else the client is gone: nobody to tell
-            _write(self.api.error(request, failure), request, finished)
+    def _failed(self, failure, request):
+        if not getattr(request, "gone", False):  # else nobody is left to tell
+            _write(self.api.error(request, failure), request)
 
 
 def _handler(api, app, endpoint, names):
@@ -634,11 +630,11 @@ def _handler(api, app, endpoint, names):
     return function.__get__(api)
 
 
-def _cancel(reason, d):
-    d.cancel()
-
-
-def _write(body, request, finished):
-    if not finished.called:
+def _write(body, request):
+    if not getattr(request, "gone", False):
+        request.working = None
+        # with its length given, twisted.web sends the answer as it is
+        # rather than as a chunk plus an end-of-body chunk
+        request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()

@@ -12,29 +12,50 @@ from the queue layer.
 import glob
 import os
 import shutil
-import sys
+import time
+from bisect import bisect_left
+from functools import partial
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge,
-                               Histogram, PlatformCollector, ProcessCollector,
+                               PlatformCollector, ProcessCollector,
                                disable_created_metrics)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
-                                            Metric)
+                                            HistogramMetricFamily, Metric)
+from prometheus_client.utils import floatToGoString
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import (Deferred, DeferredList, FirstError, gatherResults,
+                                    maybeDeferred)
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.task import Cooperator, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+
+from sharqd.errors import RedisUnavailable
 
 # the *_created samples double the size of a scrape for little use
 disable_created_metrics()
 
 PEER_TIMEOUT = 1.0  # seconds a scrape waits for another worker's metrics
-SWITCH_INTERVAL = 0.0001  # seconds, while a scrape is encoded (see render)
+# A scrape is encoded on the reactor in slices of at most SLICE_SECONDS,
+# each of pieces of at most PIECE samples (~5 µs a sample); between two
+# slices the reactor serves everything else that is due.  While other
+# requests are in flight the scrape steps back: one piece per tick, a tick
+# every BUSY_PAUSE seconds, so their reads, Redis round trips and writes
+# (each waits for a turn of the reactor) are not held up by slices.
+SLICE_SECONDS = 0.0001
+PIECE = 8
+BUSY_PAUSE = 0.0005
+KEPT_FORMATS = 4  # formats (Accept) whose last scrape's pieces are kept
+# The queue figures are read with one script call per type, this many at
+# a time, but one at a time while other requests are in flight: each reply
+# is a turn of the reactor that their reads, Redis replies and answers wait
+# for.
+STATS_READERS = 4
 
 # name, help, TypeStats attribute
 GAUGES = (
@@ -63,29 +84,52 @@ DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
 def queue_families(stats):
     """Metric families of a list of TypeStats, labelled by queue_type; of
     None (Redis did not answer) only sharqd_redis_up 0."""
+    families = {}
+    for _, make, _ in _queue_pieces(stats, 2 * len(stats or ()) or 2):
+        family = make()
+        if family.name in families:
+            families[family.name].samples.extend(family.samples)
+        else:
+            families[family.name] = family
+    return list(families.values())
+
+
+def _queue_pieces(stats, size):
+    """(rows, make, first) for each piece of each queue family, at most
+    `size` samples: rows are the piece's (label values, value) pairs (what
+    it holds: the same rows encode the same), make() builds the piece as a
+    family, first marks the first piece of a family (it carries the HELP
+    and TYPE lines when encoded)."""
     up = GaugeMetricFamily("sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
                            value=0 if stats is None else 1)
+    yield (("sharqd_redis_up", up.samples[0].value),), lambda: up, True
     if stats is None:
-        return [up]
-    families = [up]
+        return
     for name, doc, attr in GAUGES:
-        family = GaugeMetricFamily(name, doc, labels=["queue_type"])
-        for s in stats:
-            family.add_metric([s.queue_type], getattr(s, attr))
-        families.append(family)
+        for i in range(0, max(len(stats), 1), size):
+            rows = tuple(((s.queue_type,), getattr(s, attr)) for s in stats[i:i + size])
+            yield ((name,) + rows, partial(_family, GaugeMetricFamily, name, doc,
+                                           ["queue_type"], rows), i == 0)
     for name, doc, key in COUNTERS:
-        family = CounterMetricFamily(name, doc, labels=["queue_type"])
-        for s in stats:
-            family.add_metric([s.queue_type], s.totals.get(key, 0))
-        families.append(family)
-    family = CounterMetricFamily("sharqd_enqueue_rejected",
-                                 "Enqueues refused, by reason.",
-                                 labels=["queue_type", "reason"])
-    for s in stats:
-        for reason, key in REJECTIONS:
-            family.add_metric([s.queue_type, reason], s.totals.get(key, 0))
-    families.append(family)
-    return families
+        for i in range(0, max(len(stats), 1), size):
+            rows = tuple(((s.queue_type,), s.totals.get(key, 0)) for s in stats[i:i + size])
+            yield ((name,) + rows, partial(_family, CounterMetricFamily, name, doc,
+                                           ["queue_type"], rows), i == 0)
+    size = max(1, size // len(REJECTIONS))
+    for i in range(0, max(len(stats), 1), size):
+        rows = tuple(((s.queue_type, reason), s.totals.get(key, 0))
+                     for s in stats[i:i + size] for reason, key in REJECTIONS)
+        yield (("sharqd_enqueue_rejected",) + rows,
+               partial(_family, CounterMetricFamily, "sharqd_enqueue_rejected",
+                       "Enqueues refused, by reason.", ["queue_type", "reason"], rows),
+               i == 0)
+
+
+def _family(kind, name, doc, labels, rows):
+    family = kind(name, doc, labels=labels)
+    for values, value in rows:
+        family.add_metric(list(values), value)
+    return family
 
 
 class ProcessMetrics:
@@ -97,27 +141,15 @@ class ProcessMetrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        self.requests = Counter("sharqd_http_requests", "HTTP requests answered.",
-                                ["route", "code"], registry=registry)
-        self.duration = Histogram("sharqd_http_request_duration_seconds",
-                                  "Time from routing a request to its answer.",
-                                  ["route"], buckets=DURATION_BUCKETS, registry=registry)
+        self.requests = RequestMetrics()
+        registry.register(self.requests)
         self.redis_errors = Counter("sharqd_redis_errors",
                                     "Redis commands that got no usable answer, by kind.",
                                     ["kind"], registry=registry)
         waiters = Gauge("sharqd_longpoll_waiters",
                         "Long-poll dequeues waiting in this process.", registry=registry)
         waiters.set_function(waiting)
-        self._children = {}  # (route, code) -> the two labelled metrics
-
-    def observe(self, route, code, seconds):
-        """Count one answered request."""
-        pair = self._children.get((route, code))
-        if pair is None:  # .labels() is the costly part: once per pair
-            pair = (self.requests.labels(route, str(code)), self.duration.labels(route))
-            self._children[(route, code)] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        self.observe = self.requests.observe
 
     def redis_error(self, kind):
         self.redis_errors.labels(kind).inc()
@@ -126,9 +158,49 @@ class ProcessMetrics:
         return self.registry.collect()
 
 
-def _encode(stats, families, accept):
-    encoder, content_type = choose_encoder(accept)
-    return content_type, encoder(_Families(queue_families(stats) + families))
+class RequestMetrics:
+    """
+    sharqd_http_requests_total{route,code} and
+    sharqd_http_request_duration_seconds{route}, as a prometheus_client
+    Counter and Histogram would expose them, but counted in plain dicts
+    and lists: a Counter's inc() and a Histogram's observe() take a lock
+    and a call per bucket, a tenth of the CPU of an enqueue.  The families
+    are built when a scrape collects them (a custom collector).
+    """
+
+    def __init__(self, buckets=DURATION_BUCKETS):
+        self.buckets = tuple(buckets)
+        self.bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        self.answered = {}   # (route, code) -> requests answered
+        self.durations = {}  # route -> [count per bucket (not cumulative)..., sum]
+
+    def observe(self, route, code, seconds):
+        """Count one answered request."""
+        key = (route, code)
+        answered = self.answered
+        answered[key] = answered.get(key, 0) + 1
+        row = self.durations.get(route)
+        if row is None:
+            row = self.durations[route] = [0] * len(self.bounds) + [0.0]
+        # the first bucket whose bound is >= seconds, as Histogram.observe
+        row[bisect_left(self.buckets, seconds)] += 1
+        row[-1] += seconds
+
+    def collect(self):
+        requests = CounterMetricFamily("sharqd_http_requests", "HTTP requests answered.",
+                                       labels=["route", "code"])
+        for (route, code), n in self.answered.items():
+            requests.add_metric([route, str(code)], float(n))
+        durations = HistogramMetricFamily(
+            "sharqd_http_request_duration_seconds",
+            "Time from routing a request to its answer.", labels=["route"])
+        for route, row in self.durations.items():
+            total, buckets = 0, []
+            for bound, n in zip(self.bounds, row):
+                total += n
+                buckets.append((bound, float(total)))
+            durations.add_metric([route], buckets, row[-1])
+        return [requests, durations]
 
 
 class _Families:
@@ -139,6 +211,103 @@ class _Families:
 
     def collect(self):
         return self.families
+
+
+class _Pieces:
+    """prometheus_client's encoder run on one piece of a family at a time:
+    the pieces joined are byte for byte what the encoder writes for all of
+    the families at once (the test says so), but no single call holds the
+    reactor for long."""
+
+    def __init__(self, encoder, previous=None):
+        self.encoder = encoder
+        self.end = encoder(_Families([]))  # "# EOF" of OpenMetrics; none in text
+        self.heads = {}  # family name -> its HELP/TYPE lines as encoded
+        self.out = []
+        # the pieces of the previous scrape in this format, by what they
+        # hold: most types' figures do not change from one to the next
+        self.previous = previous or {}
+        self.encoded = {}
+
+    def add(self, family, first=True):
+        """Encode a family, or a piece of one: a piece after the first
+        leaves out the HELP and TYPE lines the first one wrote."""
+        self.add_made(
+            (family.name, family.type,
+             tuple((s.name, tuple(s.labels.items()), s.value, s.timestamp)
+                   for s in family.samples)),
+            lambda: family, first)
+
+    def add_made(self, key, make, first=True):
+        """Encode the family (or piece) make() builds, unless the last
+        scrape encoded one with the same key."""
+        key = (key, first)
+        text = self.previous.get(key)
+        if text is None:
+            family = make()
+            text = self.encoder(_Families([family]))[:-len(self.end) or None]
+            if not first:
+                text = text[len(self._head(family)):]
+        self.encoded[key] = text
+        self.out.append(text)
+
+    def _head(self, family):
+        head = self.heads.get(family.name)
+        if head is None:
+            empty = Metric(family.name, family.documentation, family.type, family.unit)
+            head = self.heads[family.name] = \
+                self.encoder(_Families([empty]))[:-len(self.end) or None]
+        return head
+
+    def body(self):
+        return b"".join(self.out) + self.end
+
+
+# the text format writes these samples apart, after the family's others:
+# such a family is encoded whole (sharqd has none: no _created samples)
+_APART = ("_created", "_gsum", "_gcount")
+
+
+def _split(family, size):
+    """(piece, first) pairs: the family in pieces of at most size samples."""
+    samples = family.samples
+    if len(samples) <= size or any(s.name.endswith(_APART) for s in samples):
+        yield family, True
+        return
+    for i in range(0, len(samples), size):
+        piece = Metric(family.name, family.documentation, family.type, family.unit)
+        piece.samples = samples[i:i + size]
+        yield piece, i == 0
+
+
+def _steps(pieces, stats, families, size=PIECE):
+    """The encoding of a scrape, one piece of at most `size` samples per
+    step (Cooperator drives it)."""
+    for rows, make, first in _queue_pieces(stats, size):
+        pieces.add_made(rows, make, first)
+        yield
+    for family in families:
+        for piece, first in _split(family, size):
+            pieces.add(piece, first)
+            yield
+
+
+def encode(stats, families, accept, size=PIECE):
+    """(content type, body) in one go (tests, and what the pieces match)."""
+    encoder, content_type = choose_encoder(accept)
+    pieces = _Pieces(encoder)
+    for _ in _steps(pieces, stats, families, size):
+        pass
+    return content_type, pieces.body()
+
+
+def _slices(seconds, busy):
+    """A Cooperator's termination predicate factory: each slice of work
+    ends once it has run `seconds`, or after one piece when busy()."""
+    def predicate():
+        end = time.perf_counter() + seconds
+        return lambda: busy() or time.perf_counter() >= end
+    return predicate
 
 
 def _labelled(families, worker):
@@ -195,6 +364,15 @@ class Exposition:
         self.reactor = reactor
         self.folder = folder
         self.worker = str(worker)
+        # requests this process is answering, scrapes included (the site's
+        # in_flight, set by tap); renders: scrapes being encoded now
+        self.in_flight = lambda: 0
+        self.scrapes = 0  # scrapes being read or encoded now
+        self._readers = []  # scrapes waiting for the read under way
+        self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
+        self.cooperator = Cooperator(
+            terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
+            scheduler=self._schedule)
         if folder is not None:
             self.agent = Agent.usingEndpointFactory(reactor, _SocketPaths(reactor, folder))
 
@@ -232,20 +410,70 @@ class Exposition:
 
     async def render(self, stats, accept):
         """(content type, body) for a list of TypeStats and an Accept header.
-        The families are built and encoded in a thread: with 1,000 types
-        that is tens of milliseconds of Python, which would otherwise hold
-        up every request this process is serving."""
+        With 1,000 types that is tens of milliseconds of Python: it runs in
+        slices (see SLICE_SECONDS), with the reactor serving in between."""
         families = await self.process_families()
-        # the encoding thread holds the GIL in slices of the switch interval
-        # (5 ms by default): shorter slices let the reactor answer requests
-        # in between with less delay while a scrape is being encoded
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous, SWITCH_INTERVAL))
+        encoder, content_type = choose_encoder(accept or "")
+        pieces = _Pieces(encoder, self.encoded.get(content_type))
+        await self.cooperator.coiterate(_steps(pieces, stats, families))
+        if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
+            self.encoded[content_type] = pieces.encoded
+        return content_type, pieces.body()
+
+    async def scrape(self, queue, accept):
+        """(content type, body) of a scrape: the figures of every type the
+        queue knows (None while Redis does not answer), then render()."""
+        self.scrapes += 1
         try:
-            return await deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                           _encode, stats, families, accept or "")
+            try:
+                stats = await self.read_stats(queue)
+            except RedisUnavailable:
+                stats = None
+            return await self.render(stats, accept)
         finally:
-            sys.setswitchinterval(previous)
+            self.scrapes -= 1
+
+    def read_stats(self, queue):
+        """Deferred of the TypeStats of every type the queue knows.  Scrapes
+        that come while a read runs share its result."""
+        waiter = Deferred()
+        self._readers.append(waiter)
+        if len(self._readers) == 1:
+            Deferred.fromCoroutine(self._read(queue)).addBoth(self._read_done)
+        return waiter
+
+    def _read_done(self, result):
+        waiters, self._readers = self._readers, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    async def _read(self, queue):
+        types = await queue.known_types()
+        stats = [None] * len(types)
+        todo = iter(enumerate(types))
+
+        async def reader(first):
+            for i, queue_type in todo:
+                while not first and self.busy():  # one reader only, then
+                    await deferLater(self.reactor, BUSY_PAUSE)
+                stats[i] = await queue.type_stats(queue_type)
+
+        readers = [Deferred.fromCoroutine(reader(n == 0)) for n in range(STATS_READERS)]
+        try:
+            await gatherResults(readers, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
+        return stats
+
+    def busy(self):
+        """Whether requests other than scrapes are in flight."""
+        return self.in_flight() > self.scrapes
+
+    def _schedule(self, step):
+        return self.reactor.callLater(BUSY_PAUSE if self.busy() else 0, step)
 
 
 class OwnMetricsResource(Resource):

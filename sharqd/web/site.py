@@ -16,9 +16,13 @@ from urllib.parse import unquote_to_bytes
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel, combinedLogFormatter, datetimeToLogString
+from twisted.web.http import (HTTPChannel, combinedLogFormatter, datetimeToLogString,
+                              datetimeToString)
+from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
+from twisted.web.server import version as SERVER_VERSION
 from zope.interface import directlyProvides, providedBy
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
@@ -62,6 +66,9 @@ class SharqRequest(Request):
     gone = False  # the client hung up before its answer
     route = None  # the route template that answers, when known early (metrics)
     began = None  # time.monotonic() when it was routed
+    # the hot path's Deferred of the answer: cancelled if the client hangs
+    # up first (one attribute instead of a notifyFinish Deferred each)
+    working = None
     # the request line's parts, known before the body
     target_method = target = target_version = b""
 
@@ -117,14 +124,27 @@ class SharqRequest(Request):
     def process(self):
         # counted in flight until finished or the client is gone, for the
         # drain on stop (finish and connectionLost below)
-        self.counted_in = self.channel.site
-        self.counted_in.request_started()
+        self.site = site = self.channel.site
+        self.counted_in = site
+        site.request_started()
         self.began = time.monotonic()
         problem = self._unservable()
         if problem is not None:
             self.answer_failure(400, problem)
             return
-        super().process()
+        # twisted.web's Request.process, but with the Date header formatted
+        # once a second, not per request; "*" is refused above and none of
+        # sharqd's resources encodes its answers (no EncodingResourceWrapper)
+        self.setHeader(b"Server", SERVER_VERSION)
+        self.setHeader(b"Date", site.http_date())
+        self.prepath = []
+        self.postpath = self.path[1:].split(b"/")
+        if b"%" in self.path:  # else unquoting changes nothing
+            self.postpath = list(map(unquote_to_bytes, self.postpath))
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def finish(self):
         channel = self.channel  # None once the client is gone
@@ -139,6 +159,8 @@ class SharqRequest(Request):
         self.gone = not self.finished  # the client hung up before its answer
         super().connectionLost(reason)
         self._ended()
+        if self.gone and self.working is not None:
+            self.working.cancel()  # the work done for it, as Klein does
 
     def _ended(self):
         if self.counted_in is not None:
@@ -205,66 +227,69 @@ class SharqChannel(HTTPChannel):
     when its request headers take longer than the site's header_timeout,
     or its request body longer than body_timeout after them.  (The idle
     timeout alone would not do: every byte restarts it, so one header line
-    every 20 s would hold a connection forever.)"""
+    every 20 s would hold a connection forever.)
+
+    Its clocks (headers, body, idle) are times noted as things happen and
+    read by the site's sweep (SharqSite.sweep), not a timer started and
+    cancelled on every request: those cost a tenth of a request's CPU."""
 
     _host = _peer = None
     good_host = None  # the last Host header found valid on this connection
-    _header_call = None
-    _body_call = None
+    _header_since = None  # when the headers of the next request began
+    _body_since = None  # when the headers of a request whose body is late came
+    _active = 0.0  # when a byte last came in, or the last answer went out
     _headers_done = False
     _in_request = False  # the request line of the current request was seen
     _awaiting_body = False  # headers in, body not complete yet
 
     def connectionMade(self):
         super().connectionMade()
-        self._start_header_clock()  # a connection that says nothing counts too
+        # a connection that says nothing counts too
+        self._header_since = self._active = self.site.reactor.seconds()
 
     def dataReceived(self, data):
-        if self._header_call is None and not self._headers_done:
-            self._start_header_clock()  # the first byte of the next request
+        self._active = now = self.site.reactor.seconds()
+        if self._header_since is None and not self._headers_done:
+            self._header_since = now  # the first byte of the next request
         super().dataReceived(data)
         # a body that came with its headers (the usual case) needs no clock
-        if self._awaiting_body and self._body_call is None:
-            self._body_call = self.callLater(self.site.body_timeout, self._body_too_slow)
+        if self._awaiting_body and self._body_since is None:
+            self._body_since = now
 
     def allHeadersReceived(self):
         self._headers_done = True
-        self._stop_header_clock()
+        self._header_since = None
         super().allHeadersReceived()
         self._awaiting_body = self.length != 0 and not self.transport.disconnecting
 
     def allContentReceived(self):
         self._in_request = self._awaiting_body = False
-        self._stop_body_clock()
+        self._body_since = None
         super().allContentReceived()
 
     def requestDone(self, request):
         self._headers_done = False  # the next request has its own clock
+        self._active = self.site.reactor.seconds()
         super().requestDone(request)
 
     def connectionLost(self, reason):
-        self._stop_header_clock()
-        self._stop_body_clock()
-        self.site.connection_closed()
+        self.site.connection_closed(self)
         super().connectionLost(reason)
 
-    def _start_header_clock(self):
-        self._header_call = self.callLater(self.site.header_timeout, self._too_slow)
-
-    def _stop_header_clock(self):
-        if self._header_call is not None:
-            if self._header_call.active():
-                self._header_call.cancel()
-            self._header_call = None
-
-    def _stop_body_clock(self):
-        if self._body_call is not None:
-            if self._body_call.active():
-                self._body_call.cancel()
-            self._body_call = None
+    def check(self, now):
+        """The sweep: drop the connection if one of its clocks ran out.
+        Idle means no request in flight: a long-poll is never idle."""
+        site = self.site
+        if self._header_since is not None and now - self._header_since >= site.header_timeout:
+            self._too_slow()
+        elif self._body_since is not None and now - self._body_since >= site.body_timeout:
+            self._body_too_slow()
+        elif not self.requests and now - self._active >= site.idle_timeout:
+            self._active = float("inf")  # told once
+            self.timeoutConnection()
 
     def _body_too_slow(self):
-        self._body_call = None
+        self._body_since = None
         self._awaiting_body = False
         messages.info("Dropping {peer}: request body not complete within {s} s",
                       peer=str(self.getPeer()), s=self.site.body_timeout)
@@ -275,7 +300,7 @@ class SharqChannel(HTTPChannel):
         self.transport.loseConnection()
 
     def _too_slow(self):
-        self._header_call = None
+        self._header_since = None
         messages.info("Dropping {peer}: no complete request headers within {s} s",
                       peer=str(self.getPeer()), s=self.site.header_timeout)
         self.transport.abortConnection()
@@ -344,7 +369,9 @@ class _JSONBadRequest:
         self.transport.write(_JSON_400 if data == _BARE_400 else data)
 
     def writeSequence(self, data):
-        self.transport.writeSequence(data)
+        # one piece, not a type check and a buffer entry for each of the
+        # ~30 pieces of an answer's status line and headers
+        self.transport.write(b"".join(data))
 
     def loseConnection(self):
         self.transport.loseConnection()
@@ -411,13 +438,21 @@ class SharqSite(Site):
         # Bodies are JSON, never forms: skip twisted.web's parsing of the
         # Content-Type header (through the email package) on every POST,
         # which alone cost as much as the rest of an enqueue.
-        # twisted.web stops the idle timeout while a request is being
-        # answered, so a long-poll is never idle.
-        super().__init__(resource, parsePOSTFormSubmission=False,
-                         timeout=idle_timeout, **kwargs)
+        # The idle timeout is the sweep's (SharqChannel.check), not
+        # twisted.web's timer per connection, restarted on every request.
+        super().__init__(resource, parsePOSTFormSubmission=False, timeout=None,
+                         **kwargs)
         self.max_request_size = max_request_size
+        self.idle_timeout = idle_timeout
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        # each connection's clocks are read this often: a timeout fires
+        # within a quarter of itself (at most 1 s) after it runs out
+        self.sweep_seconds = min(1.0, idle_timeout / 4, header_timeout / 4,
+                                 body_timeout / 4)
+        self.channels = set()
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = self.reactor
         # admit(method, path, headers): None, or the (status, reason,
         # message, header lines) that refuses a request before its body
         self.admit = admit
@@ -431,6 +466,7 @@ class SharqSite(Site):
         self.access_log = None  # the open file, while the site listens
         self._log_second = None
         self._log_time = None
+        self._date_second = self._date = None
         self.in_flight = 0
         self._idle_waiters = []
         # observe(request, seconds) is told of every answered request (metrics)
@@ -448,10 +484,22 @@ class SharqSite(Site):
             return _Refuse(self.max_connections, self.reactor)
         self._refusing = False
         self.connections += 1
-        return super().buildProtocol(addr)
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        if not self._sweep.running:
+            self._sweep.start(self.sweep_seconds, now=False)
+        return channel
 
-    def connection_closed(self):
+    def connection_closed(self, channel):
         self.connections -= 1
+        self.channels.discard(channel)
+        if not self.channels and self._sweep.running:
+            self._sweep.stop()
+
+    def sweep(self):
+        now = self.reactor.seconds()
+        for channel in list(self.channels):
+            channel.check(now)
 
     # ---- requests in flight, for the drain on stop (and the metrics)
 
@@ -475,6 +523,14 @@ class SharqSite(Site):
         d = Deferred()
         self._idle_waiters.append(d)
         return d
+
+    def http_date(self):
+        """The Date header's value, formatted once a second."""
+        second = int(time.time())
+        if second != self._date_second:
+            self._date_second = second
+            self._date = datetimeToString(second)
+        return self._date
 
     # ---- the access log: our own file, opened with O_APPEND so logrotate
     # and several worker processes can share it, one write per line

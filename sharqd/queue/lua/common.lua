@@ -47,12 +47,39 @@ local function add_enqueue_totals(reply)
   add_total('rejected_max_queued_length', full)
 end
 
-local function k_pending(qid) return BASE .. ':pending:' .. qid end  -- list of job ids
-local function k_active(qid) return BASE .. ':active:' .. qid end    -- set of job ids
-local function k_payload(qid) return BASE .. ':payload:' .. qid end  -- hash job id -> payload
-local function k_budget(qid) return BASE .. ':budget:' .. qid end    -- hash job id -> requeues left
-local function k_meta(qid) return BASE .. ':meta:' .. qid end        -- hash, see below
-local function k_limit(qid) return BASE .. ':limit:' .. qid end      -- hash job id -> original requeue limit (set at first requeue)
+-- Three keys per queue and one per type for the jobs (docs/redis-layout.md):
+-- pending:<qid>  list of the pending jobs, in order, each as
+--                "<job id> <job>"
+-- jobs:<qid>     hash job id -> "" while pending, "<lease id> <entry id>"
+--                while active: the duplicate check (R8), and short values
+--                only, so it stays a compact listpack up to 128 jobs
+-- meta:<qid>     hash of the queue's own fields (below): apart from the
+--                jobs, so that reading them scans a few fields, not a
+--                listpack of every job
+-- activejobs     stream (of the type): an active job's "<job>", under the
+--                entry id its field names.  A stream packs its entries
+--                (a hash would spend ~60 bytes more per job on a payload
+--                too long for a compact hash).
+-- A job is "<requeues left> <requeue limit> <payload>": payloads are
+-- spliced in and cut out as text, never decoded.
+local function k_pending(qid) return BASE .. ':pending:' .. qid end
+local function k_meta(qid) return BASE .. ':meta:' .. qid end
+local function k_jobs(qid) return BASE .. ':jobs:' .. qid end
+local K_ACTIVE_JOBS = BASE .. ':activejobs'
+
+-- "<word> <rest>" -> word, rest
+local function cut(text)
+  local i = string.find(text, ' ', 1, true)
+  return string.sub(text, 1, i - 1), string.sub(text, i + 1)
+end
+
+-- An active job's value in its jobs hash -> the job (nil when its entry
+-- is gone: a damaged store) and the entry id.
+local function active_job(value)
+  local _, id = cut(value)
+  local entry = redis.call('XRANGE', K_ACTIVE_JOBS, id, id)[1]
+  return entry and entry[2][2], id
+end
 local K_TYPE_POLICY = BASE .. ':typepolicy'  -- hash, the type's default policy and type_paused
 -- meta fields: interval, override ("1" when set by /interval/), last (last
 -- dequeue), since (when pending became non-empty), hold (earliest next
@@ -60,22 +87,48 @@ local K_TYPE_POLICY = BASE .. ':typepolicy'  -- hash, the type's default policy 
 -- state under a rate policy, see gcra_state), held ("1" while it has
 -- pending jobs but is out of the ready set: paused or at its cap), and the
 -- queue's own policy: p ("1" when it has one), rate, burst, max_active,
--- paused.  A meta with a policy does not expire.
--- budget fields also hold "lease:<job id>" -> lease id of the job's hand-out
+-- paused; active (number of active jobs); c0..c9 (counts, see
+-- count_queue).  A meta with a policy does not expire.
 
 -- A dead queue's last dequeue is kept at least this long (R1, R6).
 local KEEP_LAST_MS = 3600000
 
--- Count events of a kind (enqueued, dequeued, ...) per queue (tally[qid] =
--- n) and for the type, in this minute's counters (the type's in its own
--- slot: GET /metrics/ adds the types up); a counter's expiry is set when
--- its minute starts (the increment that made it n), not on every event.
--- Batches add up their tally first, so one call counts them all.
+-- A queue's counts of the last ten minutes live in its meta hash, in a
+-- ring of ten fields c0..c9 (one per minute, by minute number mod 10), each
+-- "<minute> <enqueued> <dequeued> <dead>": a slot whose minute is not the
+-- current one is stale and starts again from 0.  So a queue costs at most
+-- ten small fields, from its first event on, and no key per minute.
+-- SLOT_SEEN[qid] holds this minute's slot as read along with other fields
+-- (false: not there), so that counting costs no read of its own.
+local SLOT = 'c' .. (MINUTE / 60000) % 10
+local SLOT_SEEN = {}
+local KIND_INDEX = {enqueued = 1, dequeued = 2, dead = 3}
+
+local function count_queue(qid, kind, n)
+  local meta = k_meta(qid)
+  local c = {0, 0, 0}
+  local slot = SLOT_SEEN[qid]
+  if slot == nil then slot = redis.call('HGET', meta, SLOT) end
+  if slot then
+    local at, e, d, x = string.match(slot, '^(%d+) (%d+) (%d+) (%d+)$')
+    if tonumber(at) == MINUTE then c = {tonumber(e), tonumber(d), tonumber(x)} end
+  end
+  local i = KIND_INDEX[kind]
+  c[i] = c[i] + n
+  slot = string.format('%d %d %d %d', MINUTE, c[1], c[2], c[3])
+  redis.call('HSET', meta, SLOT, slot)
+  SLOT_SEEN[qid] = slot
+end
+
+-- Count events of a kind (enqueued, dequeued, dead) per queue (tally[qid]
+-- = n) and for the type, in this minute's counters (the type's in its own
+-- slot: GET /metrics/ adds the types up); a type counter's expiry is set
+-- when its minute starts (the increment that made it n), not on every
+-- event.  Batches add up their tally first, so one call counts them all.
 local function count_tally(kind, tally)
   local total = 0
   for qid, n in pairs(tally) do
-    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
-    if redis.call('HINCRBY', q, kind, n) == n then redis.call('PEXPIRE', q, 660000) end
+    count_queue(qid, kind, n)
     total = total + n
   end
   if total > 0 then
@@ -140,11 +193,13 @@ end
 local function read_meta(qid)
   local m = redis.call('HMGET', k_meta(qid), 'interval', 'last', 'since', 'hold',
                        'anchor', 'n', 'grate', 'held', 'p', 'rate', 'burst', 'max_active',
-                       'paused')
+                       'paused', 'active', SLOT)
+  SLOT_SEEN[qid] = m[15]
   return {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
           hold = tonumber(m[4]), anchor = tonumber(m[5]), n = tonumber(m[6]),
           grate = tonumber(m[7]), held = m[8],
-          own = m[9] and as_policy(m, 9, 'queue')}
+          own = m[9] and as_policy(m, 9, 'queue'),
+          active = math.max(0, tonumber(m[14]) or 0)}
 end
 
 -- The policy in force for a queue (m from read_meta), field by field: the
@@ -216,9 +271,9 @@ end
 
 -- Why a queue hands out nothing whatever the time: 'paused', 'max_active'
 -- (as many jobs active as its cap), or nil.
-local function held(qid, pol)
+local function held(m, pol)
   if pol.paused then return 'paused' end
-  if pol.max_active and redis.call('SCARD', k_active(qid)) >= pol.max_active then
+  if pol.max_active and m.active >= pol.max_active then
     return 'max_active'
   end
   return nil
@@ -233,7 +288,7 @@ end
 local function place(qid, m, quiet)
   m = m or read_meta(qid)
   local pol = policy(m)
-  if held(qid, pol) then
+  if held(m, pol) then
     redis.call('ZREM', K_READY, qid)
     if not m.held then redis.call('HSET', k_meta(qid), 'held', '1') end
     m.held = '1'
@@ -258,9 +313,10 @@ end
 -- for as long as its last dequeue matters (R1, R6), or dropped.
 local function expire_meta(qid, m)
   local meta = k_meta(qid)
+  SLOT_SEEN[qid] = nil
   if not m.last then
     if m.own then
-      redis.call('HDEL', meta, 'interval', 'override', 'since', 'held')
+      redis.call('HDEL', meta, 'interval', 'override', 'since', 'held', 'active')
     else
       redis.call('DEL', meta)
     end
@@ -269,7 +325,7 @@ local function expire_meta(qid, m)
   local pol = policy(m)
   local hold = m.last + m.interval
   if pol.rate then hold = gcra_ready(m, pol) end
-  redis.call('HDEL', meta, 'override', 'since', 'held')
+  redis.call('HDEL', meta, 'override', 'since', 'held', 'active')
   redis.call('HSET', meta, 'hold', hold)
   if m.own then return end
   local keep = math.max(hold - NOW, KEEP_LAST_MS)
@@ -283,12 +339,10 @@ end
 -- override ends; its last dequeue (and rate state) stays so R1 holds if it
 -- comes back; its policy stays.
 local function forget_if_empty(qid)
-  if redis.call('LLEN', k_pending(qid)) > 0 or redis.call('SCARD', k_active(qid)) > 0 then
-    return
-  end
+  local m = read_meta(qid)
+  if m.active > 0 or redis.call('LLEN', k_pending(qid)) > 0 then return end
   redis.call('SREM', K_QUEUES, qid)
-  redis.call('DEL', k_payload(qid), k_budget(qid), k_limit(qid))
-  expire_meta(qid, read_meta(qid))
+  expire_meta(qid, m)
 end
 
 -- Milliseconds until the type's earliest ready queue is ready, or -1 when
@@ -303,19 +357,19 @@ end
 -- the queue's interval if it has one.  Does not count.
 -- Returns 201 | 409 | 429 and the pending length after (before for 429).
 local function enqueue_job(qid, jid, interval, payload, limit, max_length)
-  local payloads, pending = k_payload(qid), k_pending(qid)
+  local meta, pending, jobs = k_meta(qid), k_pending(qid), k_jobs(qid)
   if max_length ~= '' then  -- a duplicate answers 409 before a full queue 429
-    if redis.call('HEXISTS', payloads, jid) == 1 then return 409, 0 end
+    if redis.call('HEXISTS', jobs, jid) == 1 then return 409, 0 end
     local length = redis.call('LLEN', pending)
     if length >= tonumber(max_length) then return 429, length end
   end
-  -- the payload is the job's "exists" mark: HSETNX checks and stores at
+  -- the job field is the job's "exists" mark: HSETNX checks and stores at
   -- once, and RPUSH tells the length (calls are what a batch pays for)
-  if redis.call('HSETNX', payloads, jid, payload) == 0 then return 409, 0 end
-  local length = redis.call('RPUSH', pending, jid) - 1
-  redis.call('HSET', k_budget(qid), jid, limit)
-  local meta = k_meta(qid)
-  local m = redis.call('HMGET', meta, 'override', 'interval')
+  if redis.call('HSETNX', jobs, jid, '') == 0 then return 409, 0 end
+  local length = redis.call('RPUSH', pending,
+                            jid .. ' ' .. limit .. ' ' .. limit .. ' ' .. payload) - 1
+  local m = redis.call('HMGET', meta, 'override', 'interval', SLOT)
+  SLOT_SEEN[qid] = m[3]
   if interval == '' then
     interval = m[2] or '0'
   elseif m[1] == '1' then
@@ -328,6 +382,7 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   if length == 0 then
     redis.call('PERSIST', meta)
     redis.call('SADD', K_QUEUES, qid)
+    redis.call('HSETNX', K_TOTALS, 'layout', '2')  -- born in today's layout (migrate.lua)
     redis.call('HSET', meta, 'since', NOW)
   end
   if length == 0 or changed then place(qid) end
@@ -366,14 +421,17 @@ local function take_one(lease, tally)
     local qid = head[1]
     local m = read_meta(qid)
     local pol = policy(m)
-    if held(qid, pol) or ready_at(m, pol) > NOW then
+    if held(m, pol) or ready_at(m, pol) > NOW then
       place(qid, m)
     else
       local pending = k_pending(qid)
-      local jid = redis.call('LPOP', pending)
-      if not jid then
+      local text = redis.call('LPOP', pending)
+      if not text then
         redis.call('ZREM', K_READY, qid)
       else
+        local jid, job = cut(text)
+        local budget, rest = cut(job)
+        local _, payload = cut(rest)
         local meta = k_meta(qid)
         if pol.rate then
           gcra_take(meta, m, pol)
@@ -381,11 +439,15 @@ local function take_one(lease, tally)
           redis.call('HDEL', meta, 'anchor', 'n', 'grate')
           m.anchor = nil
         end
+        -- a job is handed out at most once a millisecond (a lease is at
+        -- least 1 ms): the time names the hand-out
+        local lease_id = tostring(NOW)
         -- a "hold" left from a queue that disappeared is now in the past
         -- (this dequeue waited for it), so it no longer counts: no HDEL
-        redis.call('HSET', meta, 'last', NOW)
-        m.last = NOW
-        redis.call('SADD', k_active(qid), jid)
+        m.last, m.active = NOW, m.active + 1
+        local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
+        redis.call('HSET', meta, 'last', NOW, 'active', m.active)
+        redis.call('HSET', k_jobs(qid), jid, lease_id .. ' ' .. id)
         local left = redis.call('LLEN', pending)
         if left > 0 then
           place(qid, m, true)
@@ -394,14 +456,7 @@ local function take_one(lease, tally)
           redis.call('HDEL', meta, 'since')
         end
         set_deadline(qid .. ':' .. jid, NOW + lease)
-        -- a job is handed out at most once a millisecond (a lease is at
-        -- least 1 ms): the time names the hand-out
-        local lease_id = tostring(NOW)
-        local budgets = k_budget(qid)
-        redis.call('HSET', budgets, 'lease:' .. jid, lease_id)
         tally[qid] = (tally[qid] or 0) + 1
-        local payload = redis.call('HGET', k_payload(qid), jid)
-        local budget = redis.call('HGET', budgets, jid)
         return qid, jid, payload, budget, left, lease_id
       end
     end
@@ -409,27 +464,32 @@ local function take_one(lease, tally)
   return nil
 end
 
--- Is lease_id ("" when not given) the current lease of an active job?
--- Returns 1 yes (or not given), 0 the job is not active, 2 another lease.
+-- Is the job active, and lease_id ("" when not given) its current lease?
+-- Returns 1 yes (or not given), 0 the job is not active, 2 another lease;
+-- then the job's value (see k_meta) when it is active.
 local function check_lease(qid, jid, lease_id)
-  if lease_id == nil or lease_id == '' then return 1 end
-  if not redis.call('ZSCORE', K_DEADLINES, qid .. ':' .. jid) then return 0 end
-  if redis.call('HGET', k_budget(qid), 'lease:' .. jid) ~= lease_id then return 2 end
-  return 1
+  local value = redis.call('HGET', k_jobs(qid), jid)
+  if not value or value == '' then return 0 end
+  if lease_id ~= nil and lease_id ~= ''
+      and string.sub(value, 1, #lease_id + 1) ~= lease_id .. ' ' then
+    return 2, value
+  end
+  return 1, value
 end
 
 -- Finish an active job (finish.lua, batches); a queue at its max_active
 -- cap becomes ready again.  Returns 1, 0 when the job is not active, 2
 -- when lease_id is not its current lease.
 local function finish_job(qid, jid, lease_id)
-  local ok = check_lease(qid, jid, lease_id)
+  local ok, value = check_lease(qid, jid, lease_id)
   if ok ~= 1 then return ok end
-  if redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid) == 0 then return 0 end
-  redis.call('SREM', k_active(qid), jid)
-  redis.call('HDEL', k_payload(qid), jid)
-  redis.call('HDEL', k_budget(qid), jid, 'lease:' .. jid)
-  redis.call('HDEL', k_limit(qid), jid)
-  if redis.call('HEXISTS', k_meta(qid), 'held') == 1 then place(qid) end
-  forget_if_empty(qid)
+  redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid)
+  local _, id = cut(value)
+  redis.call('XDEL', K_ACTIVE_JOBS, id)
+  local meta = k_meta(qid)
+  redis.call('HDEL', k_jobs(qid), jid)
+  local active = redis.call('HINCRBY', meta, 'active', -1)
+  if redis.call('HEXISTS', meta, 'held') == 1 then place(qid) end
+  if active <= 0 then forget_if_empty(qid) end
   return 1
 end

@@ -22,7 +22,7 @@ elseif op == 'retry' then
   local member = qid .. ':' .. jid
   local entry = redis.call('HGET', K_DEAD_JOBS, member)
   if not entry then return {404} end
-  if redis.call('HEXISTS', k_payload(qid), jid) == 1 then return {409} end
+  if redis.call('HEXISTS', k_jobs(qid), jid) == 1 then return {409} end
   -- every field before the payload is ours: numbers and identifiers
   local at = string.find(entry, ',"payload":', 1, true)
   local payload = string.sub(entry, at + 11, -2)

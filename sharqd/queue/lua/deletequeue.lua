@@ -2,27 +2,37 @@
 -- Returns 1, or 0 for no such queue.
 local qid = ARGV[5]
 if redis.call('SISMEMBER', K_QUEUES, qid) == 0 then return 0 end
-local payloads, budgets = k_payload(qid), k_budget(qid)
-local pending = k_pending(qid)
-for _, jid in ipairs(redis.call('LRANGE', pending, 0, -1)) do
-  redis.call('HDEL', payloads, jid)
-  redis.call('HDEL', budgets, jid)
-  redis.call('HDEL', k_limit(qid), jid)
+local meta, pending, jobs = k_meta(qid), k_pending(qid), k_jobs(qid)
+
+-- HDEL the given job fields, a bounded number of arguments at a time
+local function drop(fields)
+  for i = 1, #fields, 1000 do
+    redis.call('HDEL', jobs, unpack(fields, i, math.min(i + 999, #fields)))
+  end
 end
-add_total('deleted', redis.call('LLEN', pending))  -- pending no more (stats.lua)
+
+local fields = {}
+for _, text in ipairs(redis.call('LRANGE', pending, 0, -1)) do
+  fields[#fields + 1] = string.sub(text, 1, string.find(text, ' ', 1, true) - 1)
+end
+drop(fields)
+add_total('deleted', #fields)  -- pending no more (stats.lua)
 redis.call('DEL', pending)
 unplace(qid)
-redis.call('HDEL', k_meta(qid), 'since')
+redis.call('HDEL', meta, 'since')
 if ARGV[6] == '1' then
-  local active = k_active(qid)
-  for _, jid in ipairs(redis.call('SMEMBERS', active)) do
-    redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid)
-    redis.call('HDEL', payloads, jid)
-    redis.call('HDEL', budgets, jid, 'lease:' .. jid)
-    redis.call('HDEL', k_limit(qid), jid)
+  -- the jobs left are the active ones (the pending ones are gone)
+  local all, active = redis.call('HGETALL', jobs), {}
+  for i = 1, #all, 2 do
+    if all[i + 1] ~= '' then
+      active[#active + 1] = all[i]
+      redis.call('ZREM', K_DEADLINES, qid .. ':' .. all[i])
+      local _, id = cut(all[i + 1])
+      redis.call('XDEL', K_ACTIVE_JOBS, id)
+    end
   end
-  redis.call('DEL', active)
-  redis.call('HDEL', k_meta(qid), 'override')
+  drop(active)
+  redis.call('HDEL', meta, 'override', 'active')
 end
 forget_if_empty(qid)
 return 1

@@ -8,7 +8,7 @@ local qid = ARGV[5]
 local m = read_meta(qid)
 local pol = policy(m)
 local pending = redis.call('LLEN', k_pending(qid))
-local active = redis.call('SCARD', k_active(qid))
+local active = m.active
 local at = ready_at(m, pol)
 local tokens
 if pol.rate then
@@ -21,7 +21,7 @@ local reason = ''
 if type_policy().type_paused then
   reason = 'type_paused'
 else
-  reason = held(qid, pol) or ''
+  reason = held(m, pol) or ''
   if reason == '' then
     if pending == 0 then
       reason = 'empty'

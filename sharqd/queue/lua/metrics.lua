@@ -5,7 +5,8 @@
 --         of the type (GET /metrics/ adds up the types of the registry)
 -- idle:   1 when the type has no queue and no count in the last 11
 --         minutes (it may leave the registry), else 0
--- queue:  {pending length, minutes, enqueued, dequeued, dead}
+-- queue:  {pending length, minutes, enqueued, dequeued, dead} (from the
+--         queue's ring of counts, see count_queue)
 local function counts(prefix)
   local minutes, enqueued, dequeued, dead, finished = {}, {}, {}, {}, {}
   for i = 9, 0, -1 do
@@ -33,6 +34,21 @@ elseif scope == 'idle' then
   return 1
 else
   local qid = ARGV[6]
-  local m, e, d, x = counts(BASE .. ':stats:' .. qid .. ':')
-  return {redis.call('LLEN', k_pending(qid)), m, e, d, x}
+  local slots = redis.call('HMGET', k_meta(qid), 'c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6',
+                           'c7', 'c8', 'c9')
+  local by_minute = {}
+  for _, slot in ipairs(slots) do
+    if slot then
+      local at, e, d, x = string.match(slot, '^(%d+) (%d+) (%d+) (%d+)$')
+      by_minute[tonumber(at)] = {tonumber(e), tonumber(d), tonumber(x)}
+    end
+  end
+  local minutes, enqueued, dequeued, dead = {}, {}, {}, {}
+  for i = 9, 0, -1 do
+    local minute = MINUTE - i * 60000
+    local c = by_minute[minute] or {0, 0, 0}
+    minutes[#minutes + 1] = minute
+    enqueued[#enqueued + 1], dequeued[#dequeued + 1], dead[#dead + 1] = c[1], c[2], c[3]
+  end
+  return {redis.call('LLEN', k_pending(qid)), minutes, enqueued, dequeued, dead}
 end

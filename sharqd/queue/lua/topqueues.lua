@@ -22,8 +22,9 @@ for i = 1, math.min(keep, #rows) do
   local qid = rows[i][1]
   local n = #reply
   reply[n + 1], reply[n + 2] = qid, rows[i][2]
-  reply[n + 3] = redis.call('SCARD', k_active(qid))
-  reply[n + 4] = tonumber(redis.call('HGET', k_meta(qid), 'interval')) or 0
+  local f = redis.call('HMGET', k_meta(qid), 'active', 'interval')
+  reply[n + 3] = tonumber(f[1]) or 0
+  reply[n + 4] = tonumber(f[2]) or 0
   reply[n + 5] = tonumber(redis.call('ZSCORE', K_READY, qid)) or -1
 end
 return reply

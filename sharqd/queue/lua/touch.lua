@@ -6,7 +6,7 @@ local qid, jid = ARGV[5], ARGV[6]
 local ok = check_lease(qid, jid, ARGV[8])
 if ok == 2 then return -1 end
 local member = qid .. ':' .. jid
-if ok == 0 or not redis.call('ZSCORE', K_DEADLINES, member) then return 0 end
+if ok == 0 then return 0 end
 local deadline = NOW + tonumber(ARGV[7])
 set_deadline(member, deadline)
 return {deadline, DUE_MARK or nil}

@@ -1,0 +1,417 @@
+-- Prepended to every queue script (see operations.py, load_script).
+-- ARGV[1] key base of the queue type, "<prefix>:{<queue_type>}"
+-- ARGV[2] key prefix (the scripts touch no key outside the type's slot)
+-- ARGV[3] queue type
+-- ARGV[4] now in epoch ms, or "" to use the Redis server's clock
+-- ARGV[5..] arguments of the operation
+local BASE, GLOBAL, QTYPE = ARGV[1], ARGV[2], ARGV[3]
+
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NOW = tonumber(ARGV[4]) or redis_now()
+local MINUTE = NOW - NOW % 60000
+
+-- keys of the queue type (all share the hash tag of BASE)
+local K_READY = BASE .. ':ready'          -- zset queue_id -> ready time (queues with pending jobs)
+local K_DEADLINES = BASE .. ':deadlines'  -- zset "queue_id:job_id" -> deadline (active jobs)
+local K_QUEUES = BASE .. ':queues'        -- set of queue ids with pending or active jobs
+local K_TOTALS = BASE .. ':totals'        -- hash kind -> events of the type since it began
+
+-- Add n events of a kind to the type's totals (GET /prometheus): one
+-- HINCRBY, in the type's own hash slot.
+local function add_total(kind, n)
+  if n > 0 then redis.call('HINCRBY', K_TOTALS, kind, n) end
+end
+
+-- Count n events of a kind for all queues of the type together, in this
+-- minute's counters (the finish counts of GET /metrics/, which adds up the
+-- types: each type counts in its own slot).
+local function count_all(kind, n)
+  local g = BASE .. ':counts:' .. MINUTE
+  if redis.call('HINCRBY', g, kind, n) == n then redis.call('PEXPIRE', g, 660000) end
+end
+
+-- The totals of a batch enqueue's answer {code, length, ...}.
+local function add_enqueue_totals(reply)
+  local stored, duplicate, full = 0, 0, 0
+  for k = 1, #reply, 2 do
+    local code = reply[k]
+    if code == 201 then stored = stored + 1
+    elseif code == 409 then duplicate = duplicate + 1
+    else full = full + 1 end
+  end
+  add_total('enqueued', stored)
+  add_total('rejected_duplicate', duplicate)
+  add_total('rejected_max_queued_length', full)
+end
+
+local function k_pending(qid) return BASE .. ':pending:' .. qid end  -- list of job ids
+local function k_active(qid) return BASE .. ':active:' .. qid end    -- set of job ids
+local function k_payload(qid) return BASE .. ':payload:' .. qid end  -- hash job id -> payload
+local function k_budget(qid) return BASE .. ':budget:' .. qid end    -- hash job id -> requeues left
+local function k_meta(qid) return BASE .. ':meta:' .. qid end        -- hash, see below
+local function k_limit(qid) return BASE .. ':limit:' .. qid end      -- hash job id -> original requeue limit (set at first requeue)
+local K_TYPE_POLICY = BASE .. ':typepolicy'  -- hash, the type's default policy and type_paused
+-- meta fields: interval, override ("1" when set by /interval/), last (last
+-- dequeue), since (when pending became non-empty), hold (earliest next
+-- dequeue kept from a queue that disappeared), anchor, n, grate (the GCRA
+-- state under a rate policy, see gcra_state), held ("1" while it has
+-- pending jobs but is out of the ready set: paused or at its cap), and the
+-- queue's own policy: p ("1" when it has one), rate, burst, max_active,
+-- paused.  A meta with a policy does not expire.
+-- budget fields also hold "lease:<job id>" -> lease id of the job's hand-out
+
+-- A dead queue's last dequeue is kept at least this long (R1, R6).
+local KEEP_LAST_MS = 3600000
+
+-- Count events of a kind (enqueued, dequeued, ...) per queue (tally[qid] =
+-- n) and for the type, in this minute's counters (the type's in its own
+-- slot: GET /metrics/ adds the types up); a counter's expiry is set when
+-- its minute starts (the increment that made it n), not on every event.
+-- Batches add up their tally first, so one call counts them all.
+local function count_tally(kind, tally)
+  local total = 0
+  for qid, n in pairs(tally) do
+    local q = BASE .. ':stats:' .. qid .. ':' .. MINUTE
+    if redis.call('HINCRBY', q, kind, n) == n then redis.call('PEXPIRE', q, 660000) end
+    total = total + n
+  end
+  if total > 0 then
+    local g = BASE .. ':counts:' .. MINUTE
+    if redis.call('HINCRBY', g, kind, total) == total then
+      redis.call('PEXPIRE', g, 660000)
+    end
+  end
+end
+
+-- Count one event of a kind for a queue.
+local function count(kind, qid)
+  count_tally(kind, {[qid] = 1})
+end
+
+-- ---- shared by the long-poll, batch, dead-letter and lease scripts
+
+local K_DEAD = BASE .. ':dead'          -- zset "queue_id:job_id" -> sequence (dead letters)
+local K_DEAD_JOBS = BASE .. ':deadjobs' -- hash "queue_id:job_id" -> dead letter entry (JSON)
+local K_DEAD_SEQ = BASE .. ':deadseq'   -- counter ordering the dead letters
+local CHANNEL = BASE .. ':ready'        -- pub/sub channel: the type became ready earlier
+
+-- Set a queue's ready time.  Remembers when this made the type's earliest
+-- ready time earlier, so notify_ready() wakes the long-poll waiters (who
+-- sleep until the earliest ready time they last saw) only when needed.
+local LOWERED = false
+local function set_ready(qid, at)
+  if not LOWERED then
+    local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+    if #head == 0 or at < tonumber(head[2]) then LOWERED = true end
+  end
+  redis.call('ZADD', K_READY, at, qid)
+end
+
+local function notify_ready()
+  if LOWERED then redis.call('PUBLISH', CHANNEL, NOW) end
+end
+
+-- ---- rate policies (README "Rate policy")
+
+-- Float noise far below a millisecond must not move a ready time by one.
+local EPS = 1e-6
+
+-- f[i..i+4]: set, rate, burst, max_active, paused
+local function as_policy(f, i, source)
+  return {source = source, rate = tonumber(f[i + 1]), rate_text = f[i + 1],
+          burst = tonumber(f[i + 2]) or 1, max_active = tonumber(f[i + 3]),
+          paused = f[i + 4] == '1', paused_set = f[i + 4] ~= false}
+end
+
+local TYPE_POLICY  -- read once per call
+local function type_policy()
+  if not TYPE_POLICY then
+    local f = redis.call('HMGET', K_TYPE_POLICY, 'set', 'rate', 'burst', 'max_active',
+                         'paused', 'type_paused')
+    TYPE_POLICY = as_policy(f, 1, f[1] and 'type' or 'interval')
+    TYPE_POLICY.type_paused = f[6] == '1'
+  end
+  return TYPE_POLICY
+end
+
+local function read_meta(qid)
+  local m = redis.call('HMGET', k_meta(qid), 'interval', 'last', 'since', 'hold',
+                       'anchor', 'n', 'grate', 'held', 'p', 'rate', 'burst', 'max_active',
+                       'paused')
+  return {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
+          hold = tonumber(m[4]), anchor = tonumber(m[5]), n = tonumber(m[6]),
+          grate = tonumber(m[7]), held = m[8],
+          own = m[9] and as_policy(m, 9, 'queue')}
+end
+
+-- The policy in force for a queue (m from read_meta), field by field: the
+-- queue's own, else its type's default (rate and burst go together); a
+-- field set in neither has no effect (the interval spaces the queue).
+-- source: 'queue' when the queue has a policy of its own, else 'type' when
+-- the type has a default, else 'interval'.
+local function policy(m)
+  local own, t = m.own, type_policy()
+  if not own then return t end
+  local p = {source = 'queue', rate = t.rate, rate_text = t.rate_text, burst = t.burst,
+             max_active = own.max_active or t.max_active, paused = t.paused}
+  if own.rate then p.rate, p.rate_text, p.burst = own.rate, own.rate_text, own.burst end
+  if own.paused_set then p.paused = own.paused end
+  return p
+end
+
+-- GCRA state: the theoretical arrival time (TAT) is anchor + n * 1000 / rate,
+-- computed afresh from whole numbers each time, so that no rounding error
+-- builds up over a backlog (a rate of 3/s gives exactly 3 jobs a second).
+-- A queue last dequeued under the interval starts from that dequeue as if
+-- it had been one at this rate (an interval of 250 ms = rate 4, burst 1);
+-- after a change of rate the TAT reached under the old one is kept.
+-- Returns nil for a queue never dequeued: its bucket is full.
+local function gcra_state(m, rate)
+  if m.anchor then
+    if m.grate == rate then return m.anchor, m.n end
+    return math.ceil(m.anchor + m.n * 1000 / m.grate - EPS), 0
+  end
+  if m.last then return m.last, 1 end
+  return nil
+end
+
+-- When the bucket lets the next job go: TAT - (burst - 1) / rate.
+local function gcra_ready(m, pol)
+  local anchor, n = gcra_state(m, pol.rate)
+  if not anchor then return -math.huge end
+  return anchor + math.ceil((n - pol.burst + 1) * 1000 / pol.rate - EPS)
+end
+
+-- How many jobs the bucket lets go back to back now (0 to burst).
+local function gcra_tokens(m, pol)
+  local anchor, n = gcra_state(m, pol.rate)
+  if not anchor then return pol.burst end
+  local k = math.floor((NOW - anchor) * pol.rate / 1000 - n + pol.burst + EPS)
+  return math.max(0, math.min(pol.burst, k))
+end
+
+-- One job goes now: the TAT moves on by 1 / rate (from now when it was past).
+local function gcra_take(meta, m, pol)
+  local anchor, n = gcra_state(m, pol.rate)
+  if not anchor or NOW - anchor >= n * 1000 / pol.rate - EPS then anchor, n = NOW, 0 end
+  m.anchor, m.n, m.grate = anchor, n + 1, pol.rate
+  redis.call('HSET', meta, 'anchor', anchor, 'n', n + 1, 'grate', pol.rate_text)
+end
+
+-- The time a queue's next job may go as far as its rate (or interval)
+-- allows: max(since, rate or interval limit, hold).
+local function ready_at(m, pol)
+  local at = m.since or NOW
+  if pol.rate then
+    at = math.max(at, gcra_ready(m, pol))
+  elseif m.last then
+    at = math.max(at, m.last + m.interval)
+  end
+  if m.hold then at = math.max(at, m.hold) end
+  return at
+end
+
+-- Why a queue hands out nothing whatever the time: 'paused', 'max_active'
+-- (as many jobs active as its cap), or nil.
+local function held(qid, pol)
+  if pol.paused then return 'paused' end
+  if pol.max_active and redis.call('SCARD', k_active(qid)) >= pol.max_active then
+    return 'max_active'
+  end
+  return nil
+end
+
+-- Put a queue with pending jobs in the ready set at the time its policy
+-- lets the next one go, or out of it while it is held (marked "held" in
+-- its meta): only dequeueable queues are in the ready set, so a dequeue
+-- stays O(log n) (R3).  The finish, requeue and policy paths put a held
+-- queue back.  quiet: after a dequeue of the queue, whose ready time can
+-- only move later, so nobody needs waking.
+local function place(qid, m, quiet)
+  m = m or read_meta(qid)
+  local pol = policy(m)
+  if held(qid, pol) then
+    redis.call('ZREM', K_READY, qid)
+    if not m.held then redis.call('HSET', k_meta(qid), 'held', '1') end
+    m.held = '1'
+    return
+  end
+  if m.held then redis.call('HDEL', k_meta(qid), 'held') end
+  m.held = nil
+  if quiet then
+    redis.call('ZADD', K_READY, ready_at(m, pol), qid)
+  else
+    set_ready(qid, ready_at(m, pol))
+  end
+end
+
+-- A queue's pending jobs are gone: out of the ready set, not held.
+local function unplace(qid)
+  redis.call('ZREM', K_READY, qid)
+  redis.call('HDEL', k_meta(qid), 'held')
+end
+
+-- The meta of a queue that is gone: kept while it holds a policy, else
+-- for as long as its last dequeue matters (R1, R6), or dropped.
+local function expire_meta(qid, m)
+  local meta = k_meta(qid)
+  if not m.last then
+    if m.own then
+      redis.call('HDEL', meta, 'interval', 'override', 'since', 'held')
+    else
+      redis.call('DEL', meta)
+    end
+    return
+  end
+  local pol = policy(m)
+  local hold = m.last + m.interval
+  if pol.rate then hold = gcra_ready(m, pol) end
+  redis.call('HDEL', meta, 'override', 'since', 'held')
+  redis.call('HSET', meta, 'hold', hold)
+  if m.own then return end
+  local keep = math.max(hold - NOW, KEEP_LAST_MS)
+  if m.anchor then  -- keep the TAT as long as it matters
+    keep = math.max(keep, math.ceil(m.anchor + m.n * 1000 / m.grate) - NOW)
+  end
+  redis.call('PEXPIRE', meta, keep)
+end
+
+-- Drop a queue that has neither pending nor active jobs.  Its interval
+-- override ends; its last dequeue (and rate state) stays so R1 holds if it
+-- comes back; its policy stays.
+local function forget_if_empty(qid)
+  if redis.call('LLEN', k_pending(qid)) > 0 or redis.call('SCARD', k_active(qid)) > 0 then
+    return
+  end
+  redis.call('SREM', K_QUEUES, qid)
+  redis.call('DEL', k_payload(qid), k_budget(qid), k_limit(qid))
+  expire_meta(qid, read_meta(qid))
+end
+
+-- Milliseconds until the type's earliest ready queue is ready, or -1 when
+-- the type has no pending job.
+local function next_ready_in()
+  local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+  if #head == 0 then return -1 end
+  return math.max(0, tonumber(head[2]) - NOW)
+end
+
+-- Store one job (enqueue.lua, a dead letter put back).  interval "" keeps
+-- the queue's interval if it has one.  Does not count.
+-- Returns 201 | 409 | 429 and the pending length after (before for 429).
+local function enqueue_job(qid, jid, interval, payload, limit, max_length)
+  local payloads, pending = k_payload(qid), k_pending(qid)
+  if max_length ~= '' then  -- a duplicate answers 409 before a full queue 429
+    if redis.call('HEXISTS', payloads, jid) == 1 then return 409, 0 end
+    local length = redis.call('LLEN', pending)
+    if length >= tonumber(max_length) then return 429, length end
+  end
+  -- the payload is the job's "exists" mark: HSETNX checks and stores at
+  -- once, and RPUSH tells the length (calls are what a batch pays for)
+  if redis.call('HSETNX', payloads, jid, payload) == 0 then return 409, 0 end
+  local length = redis.call('RPUSH', pending, jid) - 1
+  redis.call('HSET', k_budget(qid), jid, limit)
+  local meta = k_meta(qid)
+  local m = redis.call('HMGET', meta, 'override', 'interval')
+  if interval == '' then
+    interval = m[2] or '0'
+  elseif m[1] == '1' then
+    interval = m[2]  -- set with /interval/: it sticks (R6)
+  end
+  local changed = interval ~= m[2]
+  if changed then redis.call('HSET', meta, 'interval', interval) end
+  -- a queue with pending jobs is known, has no expiry and keeps its ready
+  -- time unless its interval changed: only then is there more to do
+  if length == 0 then
+    redis.call('PERSIST', meta)
+    redis.call('SADD', K_QUEUES, qid)
+    redis.call('HSET', meta, 'since', NOW)
+  end
+  if length == 0 or changed then place(qid) end
+  return 201, length + 1
+end
+
+-- Take the head job of the earliest ready queue (dequeue.lua, batches).
+-- The head is checked against its policy first: after a change of the
+-- type's default policy a queue may be in the ready set too early (or be
+-- held); it is put in its place and the next one looked at.  The loop is
+-- bounded so that a damaged store cannot block Redis.
+-- Returns nil, or queue_id, job_id, payload, requeues_remaining, pending
+-- left, lease id.  The dequeue is counted in tally (see count_tally).
+local function take_one(lease, tally)
+  for _ = 1, 20 do
+    local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW, 'LIMIT', 0, 1)
+    if #head == 0 then return nil end
+    local qid = head[1]
+    local m = read_meta(qid)
+    local pol = policy(m)
+    if held(qid, pol) or ready_at(m, pol) > NOW then
+      place(qid, m)
+    else
+      local pending = k_pending(qid)
+      local jid = redis.call('LPOP', pending)
+      if not jid then
+        redis.call('ZREM', K_READY, qid)
+      else
+        local meta = k_meta(qid)
+        if pol.rate then
+          gcra_take(meta, m, pol)
+        elseif m.anchor then  -- back to the interval: the bucket is forgotten
+          redis.call('HDEL', meta, 'anchor', 'n', 'grate')
+          m.anchor = nil
+        end
+        -- a "hold" left from a queue that disappeared is now in the past
+        -- (this dequeue waited for it), so it no longer counts: no HDEL
+        redis.call('HSET', meta, 'last', NOW)
+        m.last = NOW
+        redis.call('SADD', k_active(qid), jid)
+        local left = redis.call('LLEN', pending)
+        if left > 0 then
+          place(qid, m, true)
+        else
+          redis.call('ZREM', K_READY, qid)
+          redis.call('HDEL', meta, 'since')
+        end
+        redis.call('ZADD', K_DEADLINES, NOW + lease, qid .. ':' .. jid)
+        -- a job is handed out at most once a millisecond (a lease is at
+        -- least 1 ms): the time names the hand-out
+        local lease_id = tostring(NOW)
+        local budgets = k_budget(qid)
+        redis.call('HSET', budgets, 'lease:' .. jid, lease_id)
+        tally[qid] = (tally[qid] or 0) + 1
+        local payload = redis.call('HGET', k_payload(qid), jid)
+        local budget = redis.call('HGET', budgets, jid)
+        return qid, jid, payload, budget, left, lease_id
+      end
+    end
+  end
+  return nil
+end
+
+-- Is lease_id ("" when not given) the current lease of an active job?
+-- Returns 1 yes (or not given), 0 the job is not active, 2 another lease.
+local function check_lease(qid, jid, lease_id)
+  if lease_id == nil or lease_id == '' then return 1 end
+  if not redis.call('ZSCORE', K_DEADLINES, qid .. ':' .. jid) then return 0 end
+  if redis.call('HGET', k_budget(qid), 'lease:' .. jid) ~= lease_id then return 2 end
+  return 1
+end
+
+-- Finish an active job (finish.lua, batches); a queue at its max_active
+-- cap becomes ready again.  Returns 1, 0 when the job is not active, 2
+-- when lease_id is not its current lease.
+local function finish_job(qid, jid, lease_id)
+  local ok = check_lease(qid, jid, lease_id)
+  if ok ~= 1 then return ok end
+  if redis.call('ZREM', K_DEADLINES, qid .. ':' .. jid) == 0 then return 0 end
+  redis.call('SREM', k_active(qid), jid)
+  redis.call('HDEL', k_payload(qid), jid)
+  redis.call('HDEL', k_budget(qid), jid, 'lease:' .. jid)
+  redis.call('HDEL', k_limit(qid), jid)
+  if redis.call('HEXISTS', k_meta(qid), 'held') == 1 then place(qid) end
+  forget_if_empty(qid)
+  return 1
+end

@@ -1,0 +1,235 @@
+"""
+The /prometheus exposition in memory: encoded piece by piece on the
+reactor, it is byte for byte what prometheus_client writes for the whole
+scrape at once; the per-request metrics counted in plain dicts expose the
+same samples as prometheus_client's Counter and Histogram would.
+"""
+
+import random
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from sharqd.queue.operations import TOTALS, TypeStats
+from sharqd.web import prometheus
+from sharqd.web.prometheus import (DURATION_BUCKETS, Exposition, ProcessMetrics,
+                                   RequestMetrics, encode, queue_families)
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def type_stats(n):
+    return [TypeStats(f"type{i:04d}", i, i % 7, i % 3, i % 2, i / 10,
+                      {name: i * 10 + k for k, name in enumerate(TOTALS)})
+            for i in range(n)]
+
+
+def process_families():
+    metrics = ProcessMetrics(lambda: 3)
+    for i in range(200):
+        metrics.observe(f"/route{i % 5}/", 200 + i % 3, i / 1000)
+    metrics.redis_error("unreachable")
+    return list(metrics.collect())
+
+
+class _Turns:
+    """A stand-in reactor whose calls run one turn at a time, as the reactor
+    runs them between its I/O (task.Clock.advance(0) runs them all at once,
+    those added meanwhile too)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def callLater(self, delay, function, *args, **kwargs):
+        call = Clock().callLater(delay, function, *args, **kwargs)
+        self.calls.append(call)
+        return call
+
+    def turn(self):
+        calls, self.calls = self.calls, []
+        assert calls, "nothing scheduled: the render stalled"
+        for call in calls:
+            call.func(*call.args, **call.kw)
+
+
+class _Whole:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+class PiecesTests(SynchronousTestCase):
+
+    def test_pieces_are_the_whole_encoding(self):
+        """When a scrape is encoded in pieces of any size, in the text format
+        or OpenMetrics, with many types, none, or Redis down, the body is
+        byte for byte prometheus_client's encoding of all families at once."""
+        own = process_families()
+        for accept in ("", OPENMETRICS):
+            encoder, content_type = choose_encoder(accept)
+            for stats in (type_stats(300), type_stats(1), [], None):
+                whole = encoder(_Whole(queue_families(stats) + own))
+                for size in (1, 2, 7, 16, 100000):
+                    self.assertEqual(encode(stats, own, accept, size),
+                                     (content_type, whole), (accept, size))
+
+    def test_render_lets_the_reactor_run_in_between(self):
+        """When a scrape of 1,000 types is rendered, the reactor gets control
+        back many times before the answer is complete, and the answer is
+        the same as encoded in one go."""
+        reactor = _Turns()
+        own = _Whole(process_families())  # fixed figures: compared below
+        exposition = Exposition(own, reactor)
+        stats = type_stats(1000)
+        done = []
+        Deferred.fromCoroutine(exposition.render(stats, "")).addCallback(done.append)
+        turns = 0
+        while not done:
+            reactor.turn()
+            turns += 1
+        self.assertGreater(turns, 10)
+        content_type, body = done[0]
+        self.assertEqual((content_type, body),
+                         encode(stats, own.collect(), "", 100000))
+
+
+class RequestMetricsTests(SynchronousTestCase):
+
+    def test_same_samples_as_prometheus_client(self):
+        """When requests are counted, the collector's families hold exactly
+        the samples (names, labels, values, order) that prometheus_client's
+        Counter and Histogram with the same buckets hold for them."""
+        registry = CollectorRegistry()
+        counter = Counter("sharqd_http_requests", "HTTP requests answered.",
+                          ["route", "code"], registry=registry)
+        histogram = Histogram("sharqd_http_request_duration_seconds",
+                              "Time from routing a request to its answer.", ["route"],
+                              buckets=DURATION_BUCKETS, registry=registry)
+        metrics = RequestMetrics()
+        chance = random.Random(12)
+        edges = [0, 1e-6, *DURATION_BUCKETS, 61, 1000]
+        for _ in range(3000):
+            route = chance.choice(["/enqueue/<queue_type>/<queue_id>/", "/", "other"])
+            code = chance.choice([200, 201, 404, 503])
+            seconds = chance.choice(edges + [chance.random() * 3])
+            counter.labels(route, str(code)).inc()
+            histogram.labels(route).observe(seconds)
+            metrics.observe(route, code, seconds)
+        expected = list(registry.collect())
+        got = metrics.collect()
+        self.assertEqual([(f.name, f.documentation, f.type, f.samples) for f in got],
+                         [(f.name, f.documentation, f.type, f.samples) for f in expected])
+
+    def test_no_request_no_sample(self):
+        """Before any request, both families are there with no samples."""
+        self.assertEqual([(f.name, f.samples) for f in RequestMetrics().collect()],
+                         [("sharqd_http_requests", []),
+                          ("sharqd_http_request_duration_seconds", [])])
+
+
+class ReuseTests(SynchronousTestCase):
+
+    def render(self, exposition, reactor, stats, accept=""):
+        done = []
+        Deferred.fromCoroutine(exposition.render(stats, accept)).addCallback(done.append)
+        while not done:
+            reactor.turn()
+        return done[0]
+
+    def test_pieces_of_the_last_scrape_are_reused_and_stay_right(self):
+        """When scrapes follow each other, with figures that change or not,
+        every answer is exactly the encoding of its own figures, in both
+        formats."""
+        reactor = _Turns()
+        own = _Whole(process_families())
+        exposition = Exposition(own, reactor)
+        stats = type_stats(200)
+        changed = stats[:50] + [TypeStats("type0050", 999, 1, 1, 1, 9.5, {})] + stats[51:]
+        for accept in ("", OPENMETRICS):
+            for figures in (stats, stats, changed, stats, None, stats[:10]):
+                self.assertEqual(self.render(exposition, reactor, figures, accept),
+                                 encode(figures, own.collect(), accept, 100000))
+
+    def test_unchanged_pieces_are_not_encoded_again(self):
+        """When nothing changed since the last scrape, no piece is encoded
+        again; the pieces of at most KEPT_FORMATS formats are kept."""
+        reactor = _Turns()
+        exposition = Exposition(_Whole(process_families()), reactor)
+        stats = type_stats(100)
+        self.render(exposition, reactor, stats)
+        encoded = []
+
+        def counting(accept):
+            encoder, content_type = choose_encoder(accept)
+            return (lambda collector: encoded.append(collector) or encoder(collector),
+                    content_type)
+        self.patch(prometheus, "choose_encoder", counting)
+        self.render(exposition, reactor, stats)
+        self.assertEqual(len(encoded), 1)  # the empty one, for the end marker
+        for version in range(6):
+            self.render(exposition, reactor, stats, f"{OPENMETRICS[:-5]}{version + 1}.0.0")
+        self.assertEqual(len(exposition.encoded), prometheus.KEPT_FORMATS)
+
+
+class _Queue:
+    """The two queue methods a scrape reads, answered by the test."""
+
+    def __init__(self, types):
+        self.types = types
+        self.listed = 0
+        self.calls = []  # (queue_type, Deferred) not answered yet
+
+    def known_types(self):
+        self.listed += 1
+        return succeed(self.types)
+
+    def type_stats(self, queue_type):
+        d = Deferred()
+        self.calls.append((queue_type, d))
+        return d
+
+    def answer_first(self):
+        queue_type, d = self.calls.pop(0)
+        d.callback(TypeStats(queue_type, 1, 0, 0, 0, 0.0, {}))
+
+
+class ReadTests(SynchronousTestCase):
+
+    def test_one_call_at_a_time_while_others_are_served(self):
+        """When other requests are in flight, the figures are read one
+        script call at a time; once none are, STATS_READERS at a time; the
+        figures come back in the types' order."""
+        reactor, queue = _Turns(), _Queue([f"t{i}" for i in range(10)])
+        exposition = Exposition(_Whole([]), reactor)
+        in_flight = [1]
+        exposition.in_flight = lambda: in_flight[0]
+        result = exposition.read_stats(queue)
+        reactor.turn()
+        self.assertEqual(len(queue.calls), 1)
+        queue.answer_first()
+        self.assertEqual(len(queue.calls), 1)  # the next one, alone
+        in_flight[0] = 0
+        reactor.turn()
+        self.assertEqual(len(queue.calls), prometheus.STATS_READERS)
+        while queue.calls:
+            queue.answer_first()
+            if not queue.calls and reactor.calls:
+                reactor.turn()
+        self.assertEqual([s.queue_type for s in self.successResultOf(result)],
+                         queue.types)
+
+    def test_scrapes_at_the_same_time_share_one_read(self):
+        """When a scrape comes while another one's read runs, both get the
+        figures of the one read."""
+        queue = _Queue(["a", "b"])
+        exposition = Exposition(_Whole([]), _Turns())
+        first, second = exposition.read_stats(queue), exposition.read_stats(queue)
+        while queue.calls:
+            queue.answer_first()
+        self.assertEqual(queue.listed, 1)
+        self.assertIs(self.successResultOf(first), self.successResultOf(second))
