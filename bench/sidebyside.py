@@ -620,6 +620,20 @@ def write_results(markdown):
     RESULTS.write_text(text)
 
 
+def save_figures(http_rows, memory, raw, idle, requeue, quick, idle_cluster=()):
+    """What bench/floors.py judges, to bench/RESULTS.json."""
+    import figures
+    per_op = {side: {op: {k: row[k] for k in ("cpu_us", "redis_us", "redis_cpu_us")}
+                     for op, row in rows.items()} for side, rows in http_rows.items()}
+    lifecycle = {f"{side}_redis_us": sum(row["redis_us"] for row in per_op[side].values())
+                 for side in per_op}
+    figures.save("sidebyside", {
+        "http": per_op, "lifecycle": lifecycle if len(per_op) == 2 else None,
+        "memory": memory["rows"] if memory else [], "raw_enqueue": raw,
+        "idle": list(idle), "idle_cluster": list(idle_cluster), "requeue": requeue},
+        quick=quick)
+
+
 # ---------------------------------------------------------------- main
 
 PARTS = ("http", "memory", "raw", "paging", "idle", "idle-cluster", "requeue")
@@ -738,6 +752,7 @@ def main():
     print(markdown)
     if not args.no_write and only == set(PARTS):
         write_results(markdown)
+        save_figures(http_rows, memory, raw, idle, requeue, args.quick, idle_cluster)
 
 
 if __name__ == "__main__":

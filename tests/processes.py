@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # bench/ imports this file from any directory
@@ -199,21 +200,30 @@ def sharq_conf(port, redis_port, prefix, sharq="", server="", redis=""):
 
 class SharqdProcess:
     """`twistd -n sharq -c FILE` of the tree under test (PYTHONPATH = the
-    repository), in its own process group, logging to a file."""
+    repository), in its own process group, logging to a file; with
+    `workers`, its process tree holds them all."""
 
-    def __init__(self, twistd, config_path, log_path, cwd, env=None, twistd_args=()):
-        self.command = [*twistd, "-n", "--pidfile=", *twistd_args, "sharq",
-                        "-c", config_path]
+    def __init__(self, twistd, config_path, log_path, cwd, env=None, twistd_args=(),
+                 source_tree=True):
+        self.twistd, self.twistd_args = list(twistd), list(twistd_args)
+        self.config_path = config_path
         self.log_path = log_path
         self.cwd = cwd
-        self.env = dict(os.environ if env is None else env, PYTHONPATH=ROOT)
+        self.env, self.source_tree = env, source_tree
         self.process = None
 
+    def command(self):
+        return [*self.twistd, "-n", "--pidfile=", *self.twistd_args, "sharq",
+                "-c", self.config_path]
+
     def start(self):
+        env = dict(os.environ if self.env is None else self.env)
+        if self.source_tree:  # else the sharqd installed where twistd runs
+            env["PYTHONPATH"] = ROOT
         self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                         stdout=self.log, stderr=subprocess.STDOUT,
-                                        env=self.env, cwd=self.cwd, start_new_session=True)
+                                        env=env, cwd=self.cwd, start_new_session=True)
         return self
 
     @property
@@ -235,6 +245,22 @@ class SharqdProcess:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("sharqd did not listen:\n" + self.read_log())
+
+    def wait_answering(self, port, path="/deepstatus/", timeout=30):
+        """Until GET path answers 200 (Redis reachable, for /deepstatus/)."""
+        def answers():
+            if self.process.poll() is not None:
+                raise RuntimeError("sharqd exited:\n" + self.read_log())
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        try:
+            wait_for(answers, timeout, step=0.1)
+        except AssertionError:
+            raise RuntimeError(f"sharqd did not answer {path} within {timeout} s:\n"
+                               + self.read_log()) from None
 
     def stop(self):
         if self.process is not None:

@@ -416,15 +416,15 @@ def run_sharq_server(*args, timeout=30):
                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=timeout)
 
 
-class Sharqd:
-    """`twistd -n sharq -c FILE` as a subprocess, on the tree under test."""
+class Sharqd(processes.SharqdProcess):
+    """`twistd -n sharq -c FILE` as a subprocess, on the tree under test
+    (tests/processes.py), with a config of its own."""
 
     def __init__(self, tmpdir, redis, extra_server="", extra_sharq="", extra_redis="",
                  unix=False, prefix=None):
         self.port = free_port()
         self.tmpdir = tmpdir
         self.config_path = os.path.join(tmpdir, f"sharq-{self.port}.conf")
-        self.log_path = os.path.join(tmpdir, f"sharqd-{self.port}.log")
         if unix:
             where = f"conn_type : unix_sock\nunix_socket_path : {redis.unix_socket}\n"
         else:
@@ -435,16 +435,11 @@ class Sharqd:
                     f"[sharq-server]\nhost : 127.0.0.1\nport : {self.port}\n{extra_server}\n"
                     f"[redis]\n{where}timeout : 1\nkey_prefix : {prefix or unique_prefix()}\n"
                     f"{extra_redis}\n")
-        self.process = None
-
-    def command(self):
-        return [*TWISTD, "-n", "--pidfile=", "sharq", "-c", self.config_path]
+        super().__init__(TWISTD, self.config_path,
+                         os.path.join(tmpdir, f"sharqd-{self.port}.log"), tmpdir)
 
     def start(self, wait=True):
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.command(), stdout=self.log,
-                                        stderr=subprocess.STDOUT, env=env, cwd=self.tmpdir)
+        super().start()
         if wait:
             self.wait_listening()
         return self
@@ -457,16 +452,7 @@ class Sharqd:
             return False
 
     def wait_listening(self, timeout=15):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("sharqd exited:\n" + self.read_log())
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sharqd did not listen:\n" + self.read_log())
+        super().wait_listening(self.port, timeout)
 
     def wait_log(self, text, count=1, timeout=15):
         """Wait until text is in the log count times (e.g. a startup or
@@ -475,10 +461,6 @@ class Sharqd:
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def read_log(self):
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
 
     def request(self, method, path, body=None, timeout=10):
         """(status, decoded JSON body, seconds taken)."""

@@ -192,6 +192,62 @@ class WaitersTests(SynchronousTestCase):
         # only their timeouts are due: no re-check before a notification
         self.assertEqual({c.getTime() for c in self.clock.getDelayedCalls()}, {30})
 
+    def burst(self, groups):
+        """groups x MAX_GROUP waiters, each noting settled() when answered,
+        and the first group's jobs found: the next groups' attempts are
+        in flight."""
+        from sharqd.queue.waiters import MAX_GROUP
+        held = []
+        for _ in range(groups * MAX_GROUP):
+            d, _ = self.wait()
+            d.addBoth(lambda _: held.append(self.waiters.settled("sms")))
+        self.queue.answer([], None)
+        self.waiters.notify("sms")
+        self.queue.answer([f"a{k}" for k in range(MAX_GROUP)])
+        return held
+
+    def test_settled_holds_until_the_burst_is_over(self):
+        """When a full answer is handed out, settled() gives, for the clients
+        answered, a Deferred that fires once no attempt of the type is in
+        flight any more (the HTTP side holds their next request until
+        then); with nothing in flight it is None."""
+        from sharqd.queue.waiters import MAX_GROUP, RELEASE_AFTER
+        self.assertIsNone(self.waiters.settled("sms"))
+        held = self.burst(3)
+        self.assertEqual(self.queue.pending, 2)
+        first = held[0]
+        self.assertEqual(set(held), {first})
+        self.queue.answer([f"b{k}" for k in range(MAX_GROUP)])
+        self.assertFalse(first.called)  # the third group's attempt is still out
+        self.queue.answer([f"c{k}" for k in range(MAX_GROUP)])
+        self.assertFalse(first.called)  # their answers are written first
+        self.clock.advance(RELEASE_AFTER)
+        self.assertTrue(first.called)
+        self.assertEqual(set(held[MAX_GROUP:]), {first, None})
+        self.assertIsNone(self.waiters.settled("sms"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_settled_holds_at_most_max_hold(self):
+        """When the attempts in flight take longer than MAX_HOLD, the hold
+        ends all the same."""
+        from sharqd.queue.waiters import MAX_HOLD, RELEASE_AFTER
+        held = self.burst(2)
+        self.clock.advance(MAX_HOLD)
+        self.assertFalse(held[0].called)
+        self.clock.advance(RELEASE_AFTER)
+        self.assertTrue(held[0].called)
+        self.assertEqual(self.queue.pending, 1)
+
+    def test_settled_fires_when_the_attempts_fail(self):
+        """When the attempts a client's next request is held for fail, the
+        hold ends all the same."""
+        from sharqd.queue.waiters import RELEASE_AFTER
+        held = self.burst(2)
+        self.assertFalse(held[0].called)
+        self.queue.fail(RedisUnavailable())
+        self.clock.advance(RELEASE_AFTER)
+        self.assertTrue(held[0].called)
+
     def test_one_attempt_at_a_time(self):
         """When notifications arrive while an attempt is in flight, no second
         attempt starts; one more follows when it returns empty."""

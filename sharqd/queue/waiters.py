@@ -12,11 +12,15 @@ and hands them out in order.  One attempt runs at a time while jobs trickle
 in; when an attempt comes back with every job it asked for, more are likely
 ready, and up to PIPELINE attempts (each for the next group in line) run at
 once, so that Redis takes the next group's jobs while this process answers
-the last group's clients (a burst of 1,000 jobs for 1,000 waiters).  Between
-attempts the type's waiters sleep until the earliest ready time the last
-attempt reported, or a notification, whichever comes first.  While the notification source is down,
-and after a failed attempt, they re-check every `fallback` seconds, so no
-waiter depends on a notification that may have been lost.
+the last group's clients (a burst of 1,000 jobs for 1,000 waiters).  The
+HTTP side holds back the next request of a client it has just answered
+until no attempt is in flight (`settled`: the burst is over, or MAX_HOLD
+has passed), so that in a burst the next groups' answers go out before the
+first groups' new requests are read.  Between attempts the type's waiters sleep until the earliest
+ready time the last attempt reported, or a notification, whichever comes
+first.  While the notification source is down, and after a failed attempt,
+they re-check every `fallback` seconds, so no waiter depends on a
+notification that may have been lost.
 """
 
 from collections import OrderedDict
@@ -32,6 +36,10 @@ FALLBACK_SECONDS = 1.0
 MIN_SLEEP = 0.001  # never spin: even a "ready now" answer waits a tick
 MAX_GROUP = 100   # jobs one attempt may take for the waiters at the front
 PIPELINE = 4      # attempts in flight per type while every one comes back full
+MAX_HOLD = 0.25   # seconds settled() holds at most
+# settled() fires this long after the burst's last answers: the reactor
+# writes them on its next turn, before it resumes reading 1,000 connections
+RELEASE_AFTER = 0.001
 
 
 class _Waiter:
@@ -49,12 +57,15 @@ class _Waiter:
 class _Line:
     """The waiters of one queue type, oldest first."""
 
-    __slots__ = ("queue_type", "waiters", "inflight", "again", "timer", "error", "paused")
+    __slots__ = ("queue_type", "waiters", "flying", "started", "hold", "again", "timer",
+                 "error", "paused")
 
     def __init__(self, queue_type):
         self.queue_type = queue_type
         self.waiters = OrderedDict()  # _Waiter -> None
-        self.inflight = 0     # dequeue attempts in flight
+        self.flying = {}      # number of each dequeue attempt in flight -> None, oldest first
+        self.started = 0      # attempts started so far (their numbers)
+        self.hold = None      # (Deferred, its time limit) of settled() while a burst goes on
         self.again = False    # notified during an attempt: try once more
         self.timer = None     # the next re-check
         self.error = None     # the failure of the last attempt, if it failed
@@ -103,9 +114,20 @@ class Waiters(Service):
         line.waiters[waiter] = None
         # the others (if any) already know nothing is ready until their
         # timer or a notification: the newcomer joins them at the back
-        if len(line.waiters) == 1 and not line.inflight:
+        if len(line.waiters) == 1 and not line.flying:
             self._attempt(line)
         return waiter.d
+
+    def settled(self, queue_type):
+        """None when no dequeue attempt of the type is in flight, else a
+        Deferred that fires once none is (the burst is over), or after
+        MAX_HOLD seconds, whichever comes first."""
+        line = self._lines.get(queue_type)
+        if line is None or not line.flying:
+            return None
+        if line.hold is None:
+            line.hold = (Deferred(), self.clock.callLater(MAX_HOLD, self._release, line))
+        return line.hold[0]
 
     async def _once(self, queue_type, count, lease):
         jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
@@ -118,7 +140,7 @@ class Waiters(Service):
         line = self._lines.get(queue_type)
         if line is None:
             return
-        if line.inflight:
+        if line.flying:
             line.again = True
         else:
             self._attempt(line)
@@ -140,16 +162,18 @@ class Waiters(Service):
             line.timer.cancel()
         line.timer = None
         if not line.waiters:
-            if not line.inflight:
+            if not line.flying:
                 self._drop(line)
             return False
         group, wanted, lease = self._front(line)
         if not group:
             return False
-        line.inflight += 1
+        line.started += 1
+        attempt = line.started
+        line.flying[attempt] = None
         line.again = False
         d = ensureDeferred(self.queue.dequeue_many(line.queue_type, wanted, lease))
-        d.addBoth(self._attempted, line, group, lease, wanted)
+        d.addBoth(self._attempted, line, attempt, group, lease, wanted)
         return True
 
     def _front(self, line):
@@ -169,10 +193,8 @@ class Waiters(Service):
             waiter.serving = True
         return group, wanted, lease
 
-    def _attempted(self, result, line, group, lease, wanted):
-        line.inflight -= 1
-        for waiter in group:
-            waiter.serving = False
+    def _attempted(self, result, line, attempt, group, lease, wanted):
+        del line.flying[attempt]
         jobs, next_ms = [], None
         line.paused = None
         if isinstance(result, Failure) and result.check(TypePaused):
@@ -187,39 +209,62 @@ class Waiters(Service):
         else:
             line.error = None
             jobs, next_ms = result
+        full = len(jobs) == wanted
+        if full:  # likely more ready: the next groups' attempts go first, so
+            self._more(line)  # Redis takes their jobs while these are answered
+        for waiter in group:
+            waiter.serving = False
         if jobs:
             self._hand_out(line, group, jobs, lease)
         for waiter in group:
             if waiter.expired and waiter in line.waiters:
                 self._answer(line, waiter, [])
         if not line.waiters:
-            if not line.inflight:
+            if not line.flying:
                 self._drop(line)
-        elif len(jobs) == wanted:  # likely more ready: keep Redis busy
-            while line.inflight < PIPELINE and self._attempt(line):
-                pass
-        elif line.inflight:
+        elif full:
+            self._more(line)  # clients that asked meanwhile
+        elif line.flying:
             pass  # the last attempt in flight decides what comes next
         elif jobs or line.again:
             self._attempt(line)
         else:
             self._sleep(line, next_ms)
+        if not line.flying:
+            self._release(line)
+
+    def _more(self, line):
+        while len(line.flying) < PIPELINE and self._attempt(line):
+            pass
+
+    def _release(self, line):
+        """End the hold of settled()."""
+        hold, line.hold = line.hold, None
+        if hold is not None:
+            if hold[1].active():
+                hold[1].cancel()
+            self.clock.callLater(RELEASE_AFTER, hold[0].callback, None)
 
     def _hand_out(self, line, group, jobs, lease):
         """Jobs to the group's waiters in order, each up to its count.  Those
-        of a client that hung up meanwhile go to the next in line that no
-        other attempt serves."""
-        others = [w for w in line.waiters if w not in group and not w.serving]
-        for waiter in group + others:
-            if not jobs:
-                return
-            if waiter.lease == lease and waiter in line.waiters:
-                mine, jobs = jobs[:waiter.count], jobs[waiter.count:]
-                self._answer(line, waiter, mine)
-        if jobs:
+        of a client that hung up meanwhile go to the next in line."""
+        given = self._give(line, group, jobs, 0, lease)
+        if given < len(jobs):
+            given = self._give(line, list(line.waiters), jobs, given, lease)
+        if given < len(jobs):
             self.log.info("{n} jobs of {queue_type} were taken for clients that "
                           "hung up; they come back when their lease ends",
-                          n=len(jobs), queue_type=line.queue_type)
+                          n=len(jobs) - given, queue_type=line.queue_type)
+
+    def _give(self, line, waiters, jobs, given, lease):
+        """Answer waiters with jobs from jobs[given:]; how many are given now."""
+        for waiter in waiters:
+            if given == len(jobs):
+                break
+            if waiter.lease == lease and waiter in line.waiters:
+                self._answer(line, waiter, jobs[given:given + waiter.count])
+                given += waiter.count
+        return min(given, len(jobs))
 
     def _sleep(self, line, next_ms):
         delay = None if (self.live and line.error is None) else self.fallback
@@ -250,7 +295,7 @@ class Waiters(Service):
             waiter.expired = True  # answered when the attempt returns
             return
         self._answer(line, waiter, [])
-        if not line.waiters and not line.inflight:
+        if not line.waiters and not line.flying:
             self._drop(line)
 
     def _gone(self, line, waiter):
@@ -258,13 +303,14 @@ class Waiters(Service):
         line.waiters.pop(waiter, None)
         if waiter.timeout.active():
             waiter.timeout.cancel()
-        if not line.waiters and not line.inflight:
+        if not line.waiters and not line.flying:
             self._drop(line)
 
     def _drop(self, line):
         if line.timer is not None and line.timer.active():
             line.timer.cancel()
         line.timer = None
+        self._release(line)
         if self._lines.get(line.queue_type) is line:
             del self._lines[line.queue_type]
 
@@ -280,5 +326,5 @@ class Waiters(Service):
                     self._answer(line, waiter, [])
                 else:
                     waiter.expired = True
-            if not line.inflight:
+            if not line.flying:
                 self._drop(line)

@@ -65,6 +65,22 @@ def _job(job, request, queue_type):
                       job.lease_id.encode()))
 
 
+def _first(result):
+    return result[0]
+
+
+def _jobs(jobs, request, queue_type, many):
+    """The answer of a dequeue with options: the plain dequeue's answers
+    without ?count=, else the list of jobs."""
+    if not many or not jobs:
+        return _job(jobs[0] if jobs else None, request, queue_type)
+    return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
+        b'{"queue_id": "%s", "job_id": "%s", "payload": %s, '
+        b'"requeues_remaining": %d, "lease_id": "%s"}' % (
+            job.queue_id.encode(), job.job_id.encode(), job.payload,
+            job.requeues_remaining, job.lease_id.encode()) for job in jobs))
+
+
 def _policy_json(policy):
     """A stored policy as answered: burst 1 when a rate has none."""
     body = policy.as_dict()
@@ -185,7 +201,7 @@ class Api:
             raise MethodNotAllowed(valid_methods=["GET"])
         validation.identifier("queue_type", queue_type)
         if request.args:  # ?wait= ?count= ?lease=: see dequeue_with_options
-            return ensureDeferred(self.dequeue_with_options(request, queue_type))
+            return self.dequeue_with_options(request, queue_type)
         return self.queue.dequeue(queue_type).addCallback(_job, request, queue_type)
 
     @app.route("/finish/<queue_type>/<queue_id>/<job_id>/", methods=["POST"])
@@ -303,7 +319,7 @@ class Api:
     # ---- API extensions: long-poll, batches, leases, dead letters
     # (README, "API extensions")
 
-    async def dequeue_with_options(self, request, queue_type):
+    def dequeue_with_options(self, request, queue_type):
         """GET /dequeue/<queue_type>/?wait=S&count=N&lease=MS"""
         args = request.args
         wait = validation.query_arg(args, "wait")
@@ -314,17 +330,20 @@ class Api:
         count = validation.count_arg(count) if many else 1
         lease = None if lease is None else validation.lease_arg(lease)
         if wait is None:
-            jobs, _ = await self.queue.dequeue_many(queue_type, count, lease)
+            d = ensureDeferred(self.queue.dequeue_many(queue_type, count, lease))
+            d.addCallback(_first)
         else:
-            # the client hanging up cancels this coroutine, and so the wait
-            jobs = await self.waiters.wait(queue_type, count, lease, wait)
-        if not many or not jobs:  # the plain dequeue's answers
-            return _job(jobs[0] if jobs else None, request, queue_type)
-        return answer(request, 200, b'{"status": "success", "jobs": [%s]}' % b", ".join(
-            b'{"queue_id": "%s", "job_id": "%s", "payload": %s, '
-            b'"requeues_remaining": %d, "lease_id": "%s"}' % (
-                job.queue_id.encode(), job.job_id.encode(), job.payload,
-                job.requeues_remaining, job.lease_id.encode()) for job in jobs))
+            # cancelled when the client hangs up, and so the wait
+            d = self.waiters.wait(queue_type, count, lease, wait)
+            d.addCallback(self._hold_next, request, queue_type)
+        return d.addCallback(_jobs, request, queue_type, many)
+
+    def _hold_next(self, jobs, request, queue_type):
+        """In a burst, this client's next request is read once the burst is
+        over (Waiters.settled): the clients behind it are answered first."""
+        if jobs:
+            request.read_next_after = self.waiters.settled(queue_type)
+        return jobs
 
     @app.route("/enqueue/<queue_type>/", methods=["POST"])
     async def enqueue_batch(self, request, queue_type):

@@ -61,6 +61,8 @@ class SharqRequest(Request):
     _too_large = False
     _received = 0
     counted_in = None  # the site, while the request counts as in flight
+    # a Deferred: the connection's next request is not read before it fires
+    read_next_after = None
     gone = False  # the client hung up before its answer
     route = None  # the route template that answers, when known early (metrics)
     began = None  # time.monotonic() when it was routed
@@ -145,8 +147,13 @@ class SharqRequest(Request):
             self.processingFailed(Failure())
 
     def finish(self):
+        channel = self.channel  # None once the client is gone
         super().finish()
         self._ended()
+        if self.read_next_after is not None and not channel.transport.disconnecting:
+            # the client's next request waits in its socket meanwhile
+            channel.transport.pauseProducing()
+            self.read_next_after.addCallback(_resume, channel.transport)
 
     def connectionLost(self, reason):
         self.gone = not self.finished  # the client hung up before its answer
@@ -207,6 +214,10 @@ class SharqRequest(Request):
             f"Request body of {size} bytes is larger than "
             f"max_request_size ({limit} bytes)."))
         self.channel.loseConnection()
+
+
+def _resume(_, transport):
+    transport.resumeProducing()
 
 
 class SharqChannel(HTTPChannel):
