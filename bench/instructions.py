@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hotpath import Instructions  # noqa: E402
-from run import RedisServer, free_port, stop_group  # noqa: E402
+from servers import RedisServer, free_port, stop_group  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ("enqueue", "dequeue", "finish")

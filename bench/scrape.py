@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from run import RedisServer, free_port  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+from servers import RedisServer, free_port  # noqa: E402
 
 from sharqd.queue.operations import SCRIPTS  # noqa: E402
 

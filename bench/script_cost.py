@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from run import RedisServer  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+from servers import RedisServer  # noqa: E402
 
 from sharqd.queue.operations import SCRIPTS  # noqa: E402
 

@@ -35,7 +35,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -362,23 +361,9 @@ def idle_window(server, redis_cpu_s, types, window):
             "redis_pct": 100 * (redis_cpu_s() - r0) / elapsed}
 
 
-def free_cluster_port():
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = processes.free_port()
-        if port > 55000:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
-
-
 def start_cluster(masters=3):
     """A Redis Cluster of `masters` masters, no replicas, on free ports."""
-    nodes = [processes.RedisServer(port=free_cluster_port(), options=[
+    nodes = [processes.RedisServer(port=processes.free_cluster_port(), options=[
         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]).start()
         for _ in range(masters)]
     subprocess.run(["redis-cli", "--cluster", "create",

@@ -33,6 +33,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port > 55000:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+
+
 def wait_for(check, timeout=10.0, step=0.02):
     """Poll check() until it gives something true, and return that; fail
     after timeout seconds (a generous bound: the machine may be busy)."""

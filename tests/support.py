@@ -62,20 +62,6 @@ class RedisServer(processes.RedisServer):
         return RedisSection(port=self.port, **overrides)
 
 
-def free_cluster_port():
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        if port > 55000:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 10000))
-            return port
-        except OSError:
-            continue
-
-
 def resp_command(port, *args, timeout=10):
     """One command to the Redis on port; its reply decoded (bytes, int,
     list, None; an error reply as RuntimeError)."""
@@ -113,7 +99,7 @@ class RedisCluster:
     def __init__(self, masters=3, replicas=1, node_timeout=2000, appendonly=False):
         self.node_timeout = node_timeout
         self.replicas = replicas
-        self.nodes = [RedisServer(appendonly=appendonly, port=free_cluster_port(), options=[
+        self.nodes = [RedisServer(appendonly=appendonly, port=processes.free_cluster_port(), options=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout)])
             for _ in range(masters * (1 + replicas))]

@@ -126,6 +126,19 @@ class TimerTests(TestCase):
         self.assertEqual(self.queue.locks, 0)
 
 
+def watch_requeues(queue):
+    """The list of types queue.requeue_batch is called for, in order, from
+    now on."""
+    order = []
+    requeue = queue.requeue_batch
+
+    async def watched(queue_type, batch):
+        order.append(queue_type)
+        return await requeue(queue_type, batch)
+    queue.requeue_batch = watched
+    return order
+
+
 class PassTests(TestCase):
     async def setUp(self):
         self.q, self.clock = await make_queue(self, expire_ms=1000)
@@ -169,13 +182,7 @@ class PassTests(TestCase):
         await self.fill_active(3, qtype="email")
         self.clock.advance(2)
         service = RequeueService(self.q, 1000, Clock(), batch=10)
-        order = []
-        requeue = self.q.requeue_batch
-
-        async def watched(queue_type, batch):
-            order.append(queue_type)
-            return await requeue(queue_type, batch)
-        self.q.requeue_batch = watched
+        order = watch_requeues(self.q)
         self.assertEqual(await service.run_pass(), 123)
         self.assertEqual(sorted(order[:2]), ["email", "sms"])
 
@@ -242,13 +249,7 @@ class DueIndexTests(TestCase):
         service = self.service()
         await service.run_pass()  # the first pass also checks every type
         self.clock.advance(1.001)
-        order = []
-        requeue = self.q.requeue_batch
-
-        async def watched(queue_type, batch):
-            order.append(queue_type)
-            return await requeue(queue_type, batch)
-        self.q.requeue_batch = watched
+        order = watch_requeues(self.q)
         self.assertEqual(await service.run_pass(), 1)
         self.assertEqual(order, ["sms"])
         self.assertEqual(await self.pending(), 1)
