@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-extensions bench-observability soak bench-instructions bench-policy bench-cluster deb deb-check
+.PHONY: run test bench bench-sidebyside-wrk bench-extensions bench-observability soak bench-instructions bench-policy bench-cluster deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -45,6 +45,12 @@ POLICY_ARGS ?=
 bench-policy:
 	./scripts/setup.sh
 	.venv/bin/python bench/policy_scale.py $(POLICY_ARGS)
+
+# sharqd and the original side by side under wrk (32 connections): CPU
+# per request of each (bench/sidebyside_wrk.py; about a minute).
+bench-sidebyside-wrk:
+	./scripts/setup.sh wrk
+	.venv/bin/python bench/sidebyside_wrk.py --seconds 6
 
 # Instructions per enqueue/dequeue/finish under callgrind: the same count
 # on a busy machine, for before/after comparisons of CPU per request.
