@@ -8,12 +8,12 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
 from sharqd.queue.lua import script_text
+from sharqd.queue.shared import SharedRead, gather
 from sharqd.redis.scripts import Script
 
 def load_script(name, shared=True):
@@ -113,14 +113,6 @@ class QueueRow:
     active: int
     interval: int
     ready_at: Optional[int]  # epoch ms; None when nothing is pending
-
-
-async def _gather(deferreds):
-    """Their results in order, or the first failure itself (503, ...)."""
-    try:
-        return await gatherResults(deferreds, consumeErrors=True)
-    except FirstError as e:
-        e.subFailure.raiseException()
 
 
 def _duplicate(queue_type, queue_id, job_id):
@@ -268,7 +260,9 @@ class Queue:
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
         self._registered = {}  # queue type -> when this process last registered it
-        self._stats_waiters = []  # callers of all_type_stats while a read runs
+        # Deferred of the TypeStats of every known type; callers that come
+        # while a read runs share its result (SharedRead)
+        self.all_type_stats = SharedRead(self._read_all_type_stats)
         # while the layout is being upgraded: gate(call) -> Deferred of
         # call() once it is done (see sharqd/queue/migrate.py)
         self.gate = None
@@ -456,7 +450,7 @@ class Queue:
         """The types with any pending or active job, and the counts of all
         types added up (each type's counts are in its own slot)."""
         types = await self.registered_types()
-        replies = await _gather([self._run("metrics", t, b"counts") for t in types])
+        replies = await gather([self._run("metrics", t, b"counts") for t in types])
         minutes = self._now_minutes()
         enq, deq, dead, done = [0] * 10, [0] * 10, [0] * 10, [0] * 10
         for reply in replies:
@@ -528,7 +522,7 @@ class Queue:
 
     async def ping(self):
         """PONG when every master answers."""
-        await _gather([execute(b"PING") for execute in self.masters()])
+        await gather([execute(b"PING") for execute in self.masters()])
         return b"PONG"
 
     async def lock(self, queue_type, token, ttl_ms):
@@ -720,30 +714,12 @@ class Queue:
             await self.execute(b"SADD", known, *now)
         return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
 
-    def all_type_stats(self):
-        """Deferred of the TypeStats of every known type.  Callers that come
-        while a read runs share its result: several scrapers and open
-        dashboards cost one read, not one each."""
-        waiter = Deferred()
-        self._stats_waiters.append(waiter)
-        if len(self._stats_waiters) == 1:
-            Deferred.fromCoroutine(self._read_all_type_stats()).addBoth(self._stats_read)
-        return waiter
-
-    def _stats_read(self, result):
-        waiters, self._stats_waiters = self._stats_waiters, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-
     async def _read_all_type_stats(self):
         """TypeStats of every known type; STATS_PARALLEL calls at a time
         over all of them."""
         types = await self.known_types()
         limit = DeferredSemaphore(STATS_PARALLEL)
-        return await _gather([Deferred.fromCoroutine(self.type_stats(t, limit))
+        return await gather([Deferred.fromCoroutine(self.type_stats(t, limit))
                               for t in types])
 
     async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):
@@ -774,11 +750,8 @@ class Queue:
     async def types_to_upgrade(self):
         """Every type sharqd knows of (registry, known types) whose keys are
         not marked as in LAYOUT."""
-        types = set(await self.registered_types())
-        types.update(t.decode() for t in
-                     await self.execute(b"SMEMBERS", f"{self.prefix}:known_types"))
-        types = sorted(types)
-        marks = await _gather([self.execute(b"HGET", self._totals(t), b"layout")
+        types = await self.known_types()
+        marks = await gather([self.execute(b"HGET", self._totals(t), b"layout")
                                for t in types])
         return [t for t, mark in zip(types, marks) if mark != LAYOUT]
 

@@ -25,17 +25,16 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.utils import floatToGoString
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import (Deferred, DeferredList, FirstError, gatherResults,
-                                    maybeDeferred)
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from twisted.internet.task import Cooperator, deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sharqd.errors import RedisUnavailable
+from sharqd.queue.shared import SharedRead, gather
 
 # the *_created samples double the size of a scrape for little use
 disable_created_metrics()
@@ -368,7 +367,9 @@ class Exposition:
         # in_flight, set by tap); renders: scrapes being encoded now
         self.in_flight = lambda: 0
         self.scrapes = 0  # scrapes being read or encoded now
-        self._readers = []  # scrapes waiting for the read under way
+        # the TypeStats of every type a queue knows; scrapes that come while
+        # a read runs share its result
+        self.read_stats = SharedRead(self._read)
         self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
         self.cooperator = Cooperator(
             terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
@@ -433,23 +434,6 @@ class Exposition:
         finally:
             self.scrapes -= 1
 
-    def read_stats(self, queue):
-        """Deferred of the TypeStats of every type the queue knows.  Scrapes
-        that come while a read runs share its result."""
-        waiter = Deferred()
-        self._readers.append(waiter)
-        if len(self._readers) == 1:
-            Deferred.fromCoroutine(self._read(queue)).addBoth(self._read_done)
-        return waiter
-
-    def _read_done(self, result):
-        waiters, self._readers = self._readers, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-
     async def _read(self, queue):
         types = await queue.known_types()
         stats = [None] * len(types)
@@ -461,11 +445,7 @@ class Exposition:
                     await deferLater(self.reactor, BUSY_PAUSE)
                 stats[i] = await queue.type_stats(queue_type)
 
-        readers = [Deferred.fromCoroutine(reader(n == 0)) for n in range(STATS_READERS)]
-        try:
-            await gatherResults(readers, consumeErrors=True)
-        except FirstError as e:
-            e.subFailure.raiseException()
+        await gather([Deferred.fromCoroutine(reader(n == 0)) for n in range(STATS_READERS)])
         return stats
 
     def busy(self):
