@@ -459,7 +459,6 @@ class SharqSite(Site):
         if admit is not None:
             self.protocol = AdmittingChannel
         self.max_connections = max_connections
-        self.connections = 0
         self._refusing = False
         self.access_log_path = access_log
         self.log_formatter = log_formatter
@@ -475,7 +474,7 @@ class SharqSite(Site):
     # ---- connections: at most max_connections, the rest told 503
 
     def buildProtocol(self, addr):
-        if self.connections >= self.max_connections:
+        if len(self.channels) >= self.max_connections:
             if not self._refusing:
                 self._refusing = True
                 messages.warn("max_connections ({n}) reached: refusing new "
@@ -483,7 +482,6 @@ class SharqSite(Site):
                               n=self.max_connections)
             return _Refuse(self.max_connections, self.reactor)
         self._refusing = False
-        self.connections += 1
         channel = super().buildProtocol(addr)
         self.channels.add(channel)
         if not self._sweep.running:
@@ -491,7 +489,6 @@ class SharqSite(Site):
         return channel
 
     def connection_closed(self, channel):
-        self.connections -= 1
         self.channels.discard(channel)
         if not self.channels and self._sweep.running:
             self._sweep.stop()
