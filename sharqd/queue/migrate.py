@@ -64,7 +64,6 @@ class _Retrying(Service):
         self.queue = queue
         self.reactor = reactor
         self.gate = LayoutGate(queue, reactor, wait_seconds)
-        self.done = Deferred()  # fires once the gate is open
         self._retry = None
         self._failing = False
 
@@ -86,7 +85,6 @@ class _Retrying(Service):
         if not finished:
             return self._again()
         self.gate.open()
-        self.done.callback(None)
 
     def _failed(self, failure):
         if not self._failing:
