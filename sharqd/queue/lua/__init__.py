@@ -7,6 +7,7 @@ Stdlib only: the benches read the scripts through script_text too.
 """
 
 import re
+from functools import cache
 from importlib import resources
 
 _DIR = resources.files(__name__)
@@ -27,11 +28,13 @@ def _code(text):
     return b"\n".join(lines)
 
 
-def _chunks(common):
+@cache
+def _chunks():
     """common.lua cut before each top-level `local`: [(names it defines,
-    text)]; the text before the first one defines nothing."""
+    text, names it uses)]; the text before the first one defines nothing.
+    Read once for all the scripts."""
     chunks, names, lines = [], set(), []
-    for line in common.split(b"\n"):
+    for line in _DIR.joinpath("common.lua").read_bytes().split(b"\n"):
         if line.startswith(b"local"):
             chunks.append((names, b"\n".join(lines)))
             found = _FUNCTION.match(line) or _NAMES.match(line)
@@ -39,7 +42,7 @@ def _chunks(common):
             lines = []
         lines.append(line)
     chunks.append((names, b"\n".join(lines)))
-    return chunks
+    return [(names, text, set(_WORD.findall(_code(text)))) for names, text in chunks]
 
 
 def script_text(name, shared=True):
@@ -52,8 +55,8 @@ def script_text(name, shared=True):
     needed = set(_WORD.findall(_code(body)))
     kept = []
     # a statement uses only names defined before it: one pass backwards
-    for names, text in reversed(_chunks(_DIR.joinpath("common.lua").read_bytes())):
+    for names, text, uses in reversed(_chunks()):
         if not names or names & needed:
             kept.append(text)
-            needed |= set(_WORD.findall(_code(text)))
+            needed |= uses
     return b"\n".join(reversed(kept)) + b"\n" + body
