@@ -40,10 +40,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import figures  # noqa: E402
-from common import (HERE, QTYPE, ROOT, WORKLOADS, BenchError, Deadline,  # noqa: E402,F401
+from common import (HERE, ROOT, WORKLOADS, BenchError, Deadline,  # noqa: E402
                     in_repo, log)
 from floors import floors  # noqa: E402
-from luascripts import Scripts  # noqa: E402  (QTYPE and Scripts: bench/sidebyside.py's too)
+from luascripts import Scripts  # noqa: E402
 from machine import ensure_tools, find_twistd, machine_meta  # noqa: E402
 from pyspy import profile  # noqa: E402
 from rawredis import dequeue_scaling, raw_benchmarks  # noqa: E402

@@ -49,7 +49,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 import processes  # noqa: E402  (the process harness shared with the tests)
 from resp import Redis, RespError  # noqa: E402
-from run import QTYPE, Scripts  # noqa: E402
+from common import QTYPE  # noqa: E402
+from luascripts import Scripts  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 MARK = "<!-- sidebyside -->"
@@ -578,20 +579,23 @@ def alone(paging, idle, requeue, idle_cluster):
                    f"every 10 ms meanwhile ({requeue['enqueues']:,}): p99 "
                    f"{requeue['p99_ms']:.1f} ms, max {requeue['max_ms']:.1f} ms")
     for row in idle:
-        ago = (f", registered {row['registered_ago'] // 60} minutes ago"
-               if row.get("registered_ago") else "")
+        ago = _registered_ago(row)
         out.append(f"- requeue pass, {row['types']:,} idle types (one pending job each, "
                    f"nothing expiring{ago}): sharqd {row['sharqd_pct']:.1f}% of a core, Redis "
                    f"{row['redis_pct']:.1f}%")
     for row in idle_cluster:
-        ago = (f", registered {row['registered_ago'] // 60} minutes ago"
-               if row.get("registered_ago") else "")
+        ago = _registered_ago(row)
         out.append(f"- requeue pass on a Redis Cluster of {row['masters']} masters, "
                    f"{row['types']:,} idle types{ago}: sharqd {row['sharqd_pct']:.1f}% of a core, "
                    f"Redis (all nodes) {row['redis_pct']:.1f}% (the nodes alone, without "
                    f"sharqd: {row['redis_alone_pct']:.1f}%)")
     out.append(MARK)
     return out
+
+
+def _registered_ago(row):
+    return (f", registered {row['registered_ago'] // 60} minutes ago"
+            if row.get("registered_ago") else "")
 
 
 def write_results(markdown):

@@ -310,7 +310,7 @@ def test_sharqd_serves_the_old_layout_after_upgrade(tmp_path, old_redis, workers
         assert taken == {"b", "c", "d"}
         lease = active[5].decode()
         path = f"/finish/sms/u1/a/?lease_id={lease}"
-        assert server.request("POST", f"/finish/sms/u1/a/?lease_id=1")[0] == 409
+        assert server.request("POST", "/finish/sms/u1/a/?lease_id=1")[0] == 409
         assert server.request("POST", path)[0] == 200
         keys = resp_command(old_redis.port, "KEYS", f"{prefix}:*")
         assert not [k for k in keys if re.search(rb":(payload|budget|active|limit):", k)]
