@@ -208,14 +208,14 @@ def make_queue(config, reactor):
     pool, as before."""
     if config.redis.clustered:
         redis = ClusterService(config.redis, reactor=reactor)
-        masters = redis.masters
+        masters, node_of = redis.masters, redis.node_of
     else:
         redis = RedisService(config.redis, reactor=reactor)
-        masters = None
+        masters = node_of = None
     durable = redis.execute_durable if config.redis.wait_replicas else None
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
                   dead_letter_limit=config.sharq.dead_letter_limit, masters=masters,
-                  durable=durable)
+                  durable=durable, node_of=node_of)
     return queue, redis
 
 
