@@ -274,6 +274,7 @@ def makeService(options, reactor=None):
     # a scrape steps back while other requests are answered (long-polls
     # that only wait do not count)
     exposition.in_flight = lambda: site.in_flight - waiters.waiting()
+    site.ended = exposition.request_ended
     endpoint, factory, reload_tls = listening(config, site, reactor)
     for reload in (site.reopen_log, reload_tokens, reload_tls):
         if reload is not None:
