@@ -12,8 +12,8 @@ from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
 from sharqd.errors import RedisUnavailable, TypePaused
-from sharqd.queue.lua import library_text
-from sharqd.queue.operations import LIBRARY, SCRIPT_FLAGS, BatchJob, Queue
+from sharqd.queue.lua import SCRIPT_FLAGS, library_text
+from sharqd.queue.operations import LIBRARY, BatchJob, Queue
 from sharqd.redis.cluster import key_slot
 from support import (FakeClock, RedisServer, connected_service, make_queue, resp_command,
                      shared_cluster, unique_prefix, wait_until)

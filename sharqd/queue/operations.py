@@ -12,29 +12,9 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
-from sharqd.queue.lua import library_text, script_text
+from sharqd.queue.lua import SCRIPT_FLAGS, library, script_text
 from sharqd.queue.shared import SharedRead, gather
 from sharqd.redis.scripts import Functions, Library, Script
-
-# Every script, whether it starts with common.lua's prelude, and its Redis
-# function flags.  Under maxmemory (noeviction) a function without flags is
-# refused before it runs, as an EVAL script was at its first write: what
-# adds jobs or settings (enqueue, interval) answers 503 while Redis is full.
-# allow-oom: what drains or frees (dequeue, finish, requeue, delete, the
-# requeue lock and index, a policy's resume) keeps working, as it did.
-# no-writes: the read-only figures, which read under any memory state.
-_DRAINS = ("allow-oom",)
-_READS = ("no-writes",)
-SCRIPT_FLAGS = {
-    "enqueue": (True, ()), "enqueuebatch": (True, ()), "interval": (True, ()),
-    "dequeue": (True, _DRAINS), "dequeuebatch": (True, _DRAINS),
-    "finish": (True, _DRAINS), "finishbatch": (True, _DRAINS), "touch": (True, _DRAINS),
-    "requeue": (True, _DRAINS), "deletequeue": (True, _DRAINS),
-    "deadletters": (True, _DRAINS), "policy": (True, _DRAINS), "stats": (True, _DRAINS),
-    "migrate": (True, _DRAINS),
-    "metrics": (True, _READS), "explain": (True, _READS), "topqueues": (True, _READS),
-    "lock": (False, _DRAINS), "prune": (False, _DRAINS), "due": (False, _DRAINS),
-}
 
 
 def load_script(name, shared=True):
@@ -44,8 +24,7 @@ def load_script(name, shared=True):
 
 
 SCRIPTS = {name: load_script(name, shared) for name, (shared, _) in SCRIPT_FLAGS.items()}
-LIBRARY = Library(*library_text([(name, shared, flags) for name, (shared, flags)
-                                 in SCRIPT_FLAGS.items()]), SCRIPTS)
+LIBRARY = Library(*library(), SCRIPTS)
 
 # Types a pass reads from the index of due types at most (the earliest
 # first; more wait for the next pass): keeps that call to a few ms.

@@ -136,3 +136,32 @@ def library_text(scripts, name_format="sharqd_{hash}"):
     name = name_format.format(hash=hashlib.sha1(text).hexdigest()[:8])
     functions = {script: f"{name}_{script}" for script, _, _ in scripts}
     return name, text.replace(b"@LIB@", name.encode()), functions
+
+
+# Every script, whether it starts with common.lua's prelude, and its Redis
+# function flags.  Under maxmemory (noeviction) a function without flags is
+# refused before it runs, as an EVAL script was at its first write: what
+# adds jobs or settings (enqueue, interval) answers 503 while Redis is full.
+# allow-oom: what drains or frees (dequeue, finish, requeue, delete, the
+# requeue lock and index, a policy's resume) keeps working, as it did.
+# no-writes: the read-only figures, which read under any memory state.
+_DRAINS = ("allow-oom",)
+_READS = ("no-writes",)
+SCRIPT_FLAGS = {  # name: (shared, flags)
+    "enqueue": (True, ()), "enqueuebatch": (True, ()), "interval": (True, ()),
+    "dequeue": (True, _DRAINS), "dequeuebatch": (True, _DRAINS),
+    "finish": (True, _DRAINS), "finishbatch": (True, _DRAINS), "touch": (True, _DRAINS),
+    "requeue": (True, _DRAINS), "deletequeue": (True, _DRAINS),
+    "deadletters": (True, _DRAINS), "policy": (True, _DRAINS), "stats": (True, _DRAINS),
+    "migrate": (True, _DRAINS),
+    "metrics": (True, _READS), "explain": (True, _READS), "topqueues": (True, _READS),
+    "lock": (False, _DRAINS), "prune": (False, _DRAINS), "due": (False, _DRAINS),
+}
+
+
+@cache
+def library():
+    """library_text of every script of SCRIPT_FLAGS: what sharqd loads
+    (and the benches)."""
+    return library_text([(name, shared, flags) for name, (shared, flags)
+                         in SCRIPT_FLAGS.items()])
