@@ -99,6 +99,11 @@ def _split():
     parts = []
     for names, text, _ in _chunks():
         code = _code(text).strip()
+        for line in code.split(b"\n"):
+            if line[:1].strip() and not line.startswith((b"local", b"end", b"}", b")")):
+                # such a statement would run once, at load, not per call
+                raise ValueError(f"common.lua: a top-level statement that is not a "
+                                 f"`local`: {line.decode()!r}")
         if not names or _FUNCTION.match(code):
             parts.append((text, None))
             continue
