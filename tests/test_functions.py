@@ -15,6 +15,7 @@ from sharqd.errors import RedisUnavailable, TypePaused
 from sharqd.queue.lua import SCRIPT_FLAGS, library_text
 from sharqd.queue.operations import LIBRARY, BatchJob, Queue
 from sharqd.redis.cluster import key_slot
+from sharqd.redis.scripts import _denied
 from support import (FakeClock, RedisServer, connected_service, make_queue, resp_command,
                      shared_cluster, unique_prefix, wait_until)
 
@@ -202,6 +203,19 @@ class AclNoLoadTests(AclFallbackTests):
         self.assertEqual(after["evalsha"][0] - before["evalsha"][0], 1)
         [warning] = self.warnings()
         self.assertIn("function|load", warning["reason"])
+
+
+def test_redis_without_functions_is_told_apart():
+    """When Redis answers FCALL with an unknown command (6.2) or an ACL
+    refusal of FCALL or FUNCTION LOAD, the process stops trying functions;
+    other errors (a script's own, a key the ACL denies) are no reason to."""
+    assert "before 7.0" in _denied("ERR unknown command `FCALL`, with args beginning "
+                                   "with: `sharqd_1_enqueue`, `1`, ")
+    assert "ACL" in _denied("NOPERM this user has no permissions to run the 'fcall' command")
+    assert _denied("NOPERM this user has no permissions to access one of the keys used "
+                   "as arguments") is None
+    assert _denied("ERR Function not found") is None
+    assert _denied(None) is None
 
 
 class StateTests(TestCase):
