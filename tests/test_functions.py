@@ -15,7 +15,7 @@ from sharqd.errors import RedisUnavailable, TypePaused
 from sharqd.queue.lua import SCRIPT_FLAGS, library_text
 from sharqd.queue.operations import LIBRARY, BatchJob, Queue
 from sharqd.redis.cluster import key_slot
-from sharqd.redis.scripts import _denied
+from sharqd.redis.scripts import Functions, Library, Script, _denied
 from support import (FakeClock, RedisServer, connected_service, make_queue, resp_command,
                      shared_cluster, unique_prefix, wait_until)
 
@@ -121,6 +121,28 @@ class LoadingTests(FunctionTests):
         names = [entry[1] for entry in await self.service.execute(b"FUNCTION", b"LIST")]
         self.assertEqual(sorted(names), sorted([LIBRARY.name.encode(), other_name.encode()]))
         self.assertEqual((await self.q.dequeue("sms")).job_id, "a")
+
+
+class BrokenLibraryTests(FunctionTests):
+
+    async def test_library_that_does_not_load_is_given_up(self):
+        """When Redis refuses to load the library (it does not compile
+        there), each call still answers, through EVALSHA, the load is not
+        tried on every call, and one log line says why."""
+        library = Library("sharqd_broken", b"#!lua name=sharqd_broken\nnot lua at all\n",
+                          {"seven": "sharqd_broken_seven"}, {"seven": Script("seven", b"return 7")})
+        call = Functions(library, lambda: [self.service.execute])
+        call.log = Logger(observer=self.events.append)
+        self.assertEqual(await call("seven", self.service.execute, (), ()), 7)
+        await wait_until(lambda: call.loading is None)
+        before = await self.stats()
+        self.assertEqual([await call("seven", self.service.execute, (), ()) for _ in range(3)],
+                         [7, 7, 7])
+        after = await self.stats()
+        self.assertEqual(after["fcall"], before["fcall"])
+        self.assertEqual(after["evalsha"][0] - before["evalsha"][0], 3)
+        [warning] = self.warnings()
+        self.assertIn("FUNCTION LOAD failed", warning["reason"])
 
 
 class MaxmemoryTests(FunctionTests):

@@ -71,9 +71,9 @@ class Functions:
     answers "Function not found" (a restarted Redis without persistence,
     FUNCTION FLUSH, a new cluster node), that call goes by EVALSHA/EVAL,
     as it did not run, and the library is loaded again on every master.
-    A Redis without functions (6.2) or an ACL that denies FCALL or
-    FUNCTION LOAD sends the process to EVALSHA for good, said once in the
-    log.
+    A Redis without functions (6.2), an ACL that denies FCALL or FUNCTION
+    LOAD, or a FUNCTION LOAD refused for good sends the process to EVALSHA
+    for good, said once in the log.
 
     masters() gives an execute per master (FUNCTION LOAD goes to each).
     """
@@ -122,13 +122,14 @@ class Functions:
 
     def _load_failed(self, failure):
         text = _error(failure)
-        if text is not None and "already exists" in text:
+        if text is None:  # no answer, or a transient refusal: the next miss tries again
+            return failure
+        if "already exists" in text:
             return None  # another process (or an earlier load) was first
-        reason = _denied(text)
-        if reason is not None:
-            self._give_up(reason)
-            return None
-        return failure
+        # denied, or refused for good (the library does not compile there):
+        # loading it again on every call would only add to each call's cost
+        self._give_up(_denied(text) or f"FUNCTION LOAD failed: {text}")
+        return None
 
     def _loaded(self, result):
         self.loading = None
