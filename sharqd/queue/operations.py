@@ -87,10 +87,12 @@ class Counts:
 STATS_STEP = 100
 # stats calls of type_stats in flight at once when no limit is given
 STATS_PARALLEL = 4
-# Types one statsmany call reads at most (a few µs of Redis time each):
-# one call instead of one per type saves sharqd ~60 µs of CPU a type, and
-# keeps each call short enough that an enqueue behind it hardly waits.
-STATS_BATCH = 8
+# Types one statsmany call reads at most (~20 µs of Redis time each).  A
+# call costs sharqd ~40-70 µs of CPU whatever its size, but an enqueue
+# that comes while it runs waits for all of it: with 8 types a call a
+# scrape took 25 ms of sharqd CPU (2: 53 ms, one per type: 73 ms) yet
+# delayed the enqueues during it more (bench/RESULTS-observability.md).
+STATS_BATCH = 2
 TOTALS = ("enqueued", "dequeued", "finished", "requeued", "dead_lettered",
           "rejected_duplicate", "rejected_max_queued_length")
 
