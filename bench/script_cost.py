@@ -9,19 +9,33 @@ is not timed, so a busy machine moves the figures less than wall-clock rates.
 
 Prints µs per call for enqueue, dequeue and finish (median of the runs) and
 a JSON line for scripts.
+
+    .venv/bin/python bench/script_cost.py --instructions [--n 2000] [--queues 100]
+
+runs redis-server under `valgrind --tool=callgrind`, counting only what it
+runs inside processCommand (the commands the client sends, the scripts'
+own calls included; not the event loop, cron or socket reads), and prints
+instructions per call instead: the same on a busy machine as on a quiet
+one, so before/after comparisons hold where µs do not.  (This machine's
+perf has no hardware counters: `perf stat -e instructions` is not
+supported here.)
 """
 
 import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
-from servers import RedisServer  # noqa: E402
+from hotpath import Instructions  # noqa: E402
+from resp import Redis  # noqa: E402
+from servers import RedisServer, free_port, stop_group  # noqa: E402
 
 from sharqd.queue.operations import SCRIPTS  # noqa: E402
 
@@ -52,32 +66,100 @@ def usec_per_call(redis):
     return float(stats["evalsha"]["usec_per_call"]), round(inner / calls, 2)
 
 
-def run_once(redis, n, queues):
+def lifecycle(redis, n, queues, measure):
+    """n enqueues, n dequeues and n finishes; measure(op, action) gives
+    the figures of one group."""
     redis.call(b"FLUSHALL")
     for name in ("enqueue", "dequeue", "finish"):  # load the scripts
         redis.call(b"SCRIPT", b"LOAD", SCRIPTS[name].source)
-    result = {}
-    redis.call(b"CONFIG", b"RESETSTAT")
-    for i in range(n):
-        call(redis, "enqueue", "sms", f"q{i % queues}", f"j{i}", 0, b'{"hello": "world"}',
-             -1, "")
-    result["enqueue"] = usec_per_call(redis)
-    redis.call(b"CONFIG", b"RESETSTAT")
-    taken = [call(redis, "dequeue", "sms", 600000) for _ in range(n)]
-    result["dequeue"] = usec_per_call(redis)
-    redis.call(b"CONFIG", b"RESETSTAT")
-    for job in taken:
-        call(redis, "finish", "sms", job[0], job[1], "")
-    result["finish"] = usec_per_call(redis)
-    return result
+    taken = []
+
+    def enqueue():
+        for i in range(n):
+            call(redis, "enqueue", "sms", f"q{i % queues}", f"j{i}", 0,
+                 b'{"hello": "world"}', -1, "")
+
+    def dequeue():
+        taken.extend(call(redis, "dequeue", "sms", 600000) for _ in range(n))
+
+    def finish():
+        for job in taken:
+            call(redis, "finish", "sms", job[0], job[1], "")
+
+    return {op: measure(op, action) for op, action in
+            (("enqueue", enqueue), ("dequeue", dequeue), ("finish", finish))}
+
+
+def run_once(redis, n, queues):
+    def measure(op, action):
+        redis.call(b"CONFIG", b"RESETSTAT")
+        action()
+        return usec_per_call(redis)
+    return lifecycle(redis, n, queues, measure)
+
+
+def callgrind_redis(tmp):
+    """redis-server under callgrind, collecting inside processCommand only."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.out",
+         "--collect-atstart=no", "--toggle-collect=processCommand",
+         shutil.which("redis-server") or "/usr/bin/redis-server",
+         "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp), "--hz", "1"],
+        cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            redis = Redis(port=port, timeout=300)
+            redis.call(b"PING")
+            return proc, redis
+        except OSError:
+            time.sleep(0.5)
+    stop_group(proc, "redis-server under valgrind")
+    raise SystemExit("redis-server did not answer within 120 s under valgrind")
+
+
+def instructions(n, queues, runs):
+    """Instructions Redis runs per script call (median of the runs)."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("needs valgrind (apt-get install valgrind)")
+    tmp = Path(tempfile.mkdtemp(prefix="sharqd-script-instr-"))
+    proc, redis = callgrind_redis(tmp)
+    meter = Instructions(proc.pid, tmp)
+    try:
+        def measure(op, action):
+            meter.read()  # a dump: the count starts afresh
+            action()
+            return meter.read() / n
+        lifecycle(redis, 200, queues, lambda op, action: action())  # warm up
+        runs = [lifecycle(redis, n, queues, measure) for _ in range(runs)]
+    finally:
+        redis.close()
+        stop_group(proc, "redis-server under valgrind", grace=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    medians = {op: round(statistics.median(r[op] for r in runs)) for op in runs[0]}
+    for op, count in medians.items():
+        print(f"{op:8s} {count:>9,} instructions of Redis per call "
+              f"(runs: {', '.join(f'{r[op]:,.0f}' for r in runs)})")
+    print(f"{'total':8s} {sum(medians.values()):>9,} per lifecycle")
+    print(json.dumps({"instructions_per_call": medians, "n": n, "queues": queues}))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--queues", type=int, default=1000)
+    parser.add_argument("--n", type=int, help="calls per operation (20000; 2000 with --instructions)")
+    parser.add_argument("--queues", type=int,
+                        help="queues the jobs are spread over (1000; 100 with --instructions: "
+                        "20 jobs a queue either way)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per call, Redis under callgrind")
     args = parser.parse_args()
+    if args.instructions:
+        return instructions(args.n or 2000, args.queues or 100, args.runs)
+    args.n, args.queues = args.n or 20000, args.queues or 1000
     tmp = Path(tempfile.mkdtemp(prefix="sharqd-script-cost-"))
     server = RedisServer(shutil.which("redis-server") or "/usr/bin/redis-server", tmp)
     try:
