@@ -205,16 +205,26 @@ local function type_policy()
   return TYPE_POLICY
 end
 
+-- A queue's meta fields.  The GCRA state (marked by anchor) and the
+-- queue's own policy (marked by p) are read only when their mark is
+-- there: a field an HMGET asks for and the hash lacks costs a scan of the
+-- whole hash, and most queues have neither.
 local function read_meta(qid)
-  local m = redis.call('HMGET', k_meta(qid), 'interval', 'last', 'since', 'hold',
-                       'anchor', 'n', 'grate', 'held', 'p', 'rate', 'burst', 'max_active',
-                       'paused', 'active', SLOT)
-  SLOT_SEEN[qid] = m[15]
-  return {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
-          hold = tonumber(m[4]), anchor = tonumber(m[5]), n = tonumber(m[6]),
-          grate = tonumber(m[7]), held = m[8],
-          own = m[9] and as_policy(m, 9, 'queue'),
-          active = math.max(0, tonumber(m[14]) or 0)}
+  local meta = k_meta(qid)
+  local m = redis.call('HMGET', meta, 'interval', 'last', 'since', 'hold', 'held', 'active',
+                       SLOT, 'p', 'anchor')
+  SLOT_SEEN[qid] = m[7]
+  local r = {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
+             hold = tonumber(m[4]), held = m[5], active = math.max(0, tonumber(m[6]) or 0)}
+  if m[8] then
+    r.own = as_policy(redis.call('HMGET', meta, 'p', 'rate', 'burst', 'max_active', 'paused'),
+                      1, 'queue')
+  end
+  if m[9] then
+    local g = redis.call('HMGET', meta, 'n', 'grate')
+    r.anchor, r.n, r.grate = tonumber(m[9]), tonumber(g[1]), tonumber(g[2])
+  end
+  return r
 end
 
 -- The policy in force for a queue (m from read_meta), field by field: the
