@@ -41,8 +41,9 @@ local function add_total(kind, n)
 end
 
 -- Count n events of a kind for all queues of the type together, in this
--- minute's counters (the finish counts of GET /metrics/, which adds up the
--- types: each type counts in its own slot).
+-- minute's counters (GET /metrics/ adds up the types: each type counts in
+-- its own slot); a counter's expiry is set when its minute starts (the
+-- increment that made it n), not on every event.
 local function count_all(kind, n)
   local g = BASE .. ':counts:' .. MINUTE_TEXT
   if redis.call('HINCRBY', g, kind, digits(n)) == n then redis.call('PEXPIRE', g, '660000') end
@@ -117,46 +118,50 @@ local KEEP_LAST_MS = 3600000
 -- (false: not there), so that counting costs no read of its own.
 local SLOT = 'c' .. string.char(48 + (MINUTE / 60000) % 10)  -- "c0" .. "c9"
 local SLOT_SEEN = {}
-local KIND_INDEX = {enqueued = 1, dequeued = 2, dead = 3}
+
+-- This minute's slot of a queue's counts with n more events of a kind
+-- (enqueued, dequeued, dead): the text to store under SLOT.  Only the
+-- count that moves is turned into a number and back.
+local function next_slot(qid, kind, n)
+  local slot = SLOT_SEEN[qid]
+  if slot == nil then slot = redis.call('HGET', k_meta(qid), SLOT) end
+  local e, d, x = '0', '0', '0'
+  if slot then
+    local at, se, sd, sx = string.match(slot, '^(%d+) (%d+) (%d+) (%d+)$')
+    if at == MINUTE_TEXT then e, d, x = se, sd, sx end
+  end
+  if kind == 'enqueued' then
+    e = digits(tonumber(e) + n)
+  elseif kind == 'dequeued' then
+    d = digits(tonumber(d) + n)
+  else
+    x = digits(tonumber(x) + n)
+  end
+  slot = MINUTE_TEXT .. ' ' .. e .. ' ' .. d .. ' ' .. x
+  SLOT_SEEN[qid] = slot
+  return slot
+end
 
 local function count_queue(qid, kind, n)
-  local meta = k_meta(qid)
-  local c = {0, 0, 0}
-  local slot = SLOT_SEEN[qid]
-  if slot == nil then slot = redis.call('HGET', meta, SLOT) end
-  if slot then
-    local at, e, d, x = string.match(slot, '^(%d+) (%d+) (%d+) (%d+)$')
-    if at == MINUTE_TEXT then c = {tonumber(e), tonumber(d), tonumber(x)} end
-  end
-  local i = KIND_INDEX[kind]
-  c[i] = c[i] + n
-  slot = string.format('%s %d %d %d', MINUTE_TEXT, c[1], c[2], c[3])
-  redis.call('HSET', meta, SLOT, slot)
-  SLOT_SEEN[qid] = slot
+  redis.call('HSET', k_meta(qid), SLOT, next_slot(qid, kind, n))
 end
 
 -- Count events of a kind (enqueued, dequeued, dead) per queue (tally[qid]
--- = n) and for the type, in this minute's counters (the type's in its own
--- slot: GET /metrics/ adds the types up); a type counter's expiry is set
--- when its minute starts (the increment that made it n), not on every
--- event.  Batches add up their tally first, so one call counts them all.
+-- = n) and for the type (count_all).  Batches add up their tally first,
+-- so one call counts them all.
 local function count_tally(kind, tally)
   local total = 0
   for qid, n in pairs(tally) do
     count_queue(qid, kind, n)
     total = total + n
   end
-  if total > 0 then
-    local g = BASE .. ':counts:' .. MINUTE_TEXT
-    if redis.call('HINCRBY', g, kind, digits(total)) == total then
-      redis.call('PEXPIRE', g, '660000')
-    end
-  end
+  if total > 0 then count_all(kind, total) end
 end
 
 -- Count one event of a kind for a queue.
 local function count(kind, qid)
-  count_tally(kind, {[qid] = 1})
+  count_queue(qid, kind, 1)
+  count_all(kind, 1)
 end
 
 -- ---- shared by the long-poll, batch, dead-letter and lease scripts
@@ -438,8 +443,9 @@ end
 -- held); it is put in its place and the next one looked at.  The loop is
 -- bounded so that a damaged store cannot block Redis.
 -- Returns nil, or queue_id, job_id, payload, requeues_remaining, pending
--- left, lease id.  The dequeue is counted in tally (see count_tally).
-local function take_one(lease, tally)
+-- left, lease id.  The dequeue is counted for the queue, not for the type
+-- (count_all: the caller counts its dequeues at once).
+local function take_one(lease)
   for _ = 1, 20 do
     local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW_TEXT, 'LIMIT', '0', '1')
     if #head == 0 then return nil end
@@ -471,7 +477,9 @@ local function take_one(lease, tally)
         -- (this dequeue waited for it), so it no longer counts: no HDEL
         m.last, m.active = NOW, m.active + 1
         local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
-        redis.call('HSET', meta, 'last', NOW_TEXT, 'active', digits(m.active))
+        -- the queue's count of dequeues goes with the same HSET
+        redis.call('HSET', meta, 'last', NOW_TEXT, 'active', digits(m.active),
+                   SLOT, next_slot(qid, 'dequeued', 1))
         redis.call('HSET', k_jobs(qid), jid, lease_id .. ' ' .. id)
         local left = redis.call('LLEN', pending)
         if left > 0 then
@@ -481,7 +489,6 @@ local function take_one(lease, tally)
           redis.call('HDEL', meta, 'since')
         end
         set_deadline(qid .. ':' .. jid, NOW + lease)
-        tally[qid] = (tally[qid] or 0) + 1
         return qid, jid, payload, budget, left, lease_id
       end
     end
