@@ -405,14 +405,17 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   if redis.call('HSETNX', jobs, jid, '') == 0 then return 409, 0 end
   local length = redis.call('RPUSH', pending,
                             jid .. ' ' .. limit .. ' ' .. limit .. ' ' .. payload) - 1
-  local m = redis.call('HMGET', meta, 'override', 'interval', SLOT)
-  SLOT_SEEN[qid] = m[3]
+  -- override is read only when the interval given is not the queue's: a
+  -- field the hash lacks (the usual case) costs a scan of the whole hash
+  local m = redis.call('HMGET', meta, 'interval', SLOT)
+  local stored = m[1]
+  SLOT_SEEN[qid] = m[2]
   if interval == '' then
-    interval = m[2] or '0'
-  elseif m[1] == '1' then
-    interval = m[2]  -- set with /interval/: it sticks (R6)
+    interval = stored or '0'
+  elseif interval ~= stored and redis.call('HGET', meta, 'override') == '1' then
+    interval = stored  -- set with /interval/: it sticks (R6)
   end
-  local changed = interval ~= m[2]
+  local changed = interval ~= stored
   if changed then redis.call('HSET', meta, 'interval', interval) end
   -- a queue with pending jobs is known, has no expiry and keeps its ready
   -- time unless its interval changed: only then is there more to do
