@@ -83,6 +83,21 @@ local function k_meta(qid) return BASE .. ':meta:' .. qid end
 local function k_jobs(qid) return BASE .. ':jobs:' .. qid end
 local K_ACTIVE_JOBS = BASE .. ':activejobs'
 
+-- Store an active job's "<job>" in the stream; returns its entry id.  A
+-- new stream starts with a placeholder entry, id 0-1, that no job ever
+-- has: jobs finish about in the order they were handed out, so without
+-- it XDEL would delete the stream's first entry nearly every time, and
+-- Redis then walks over every deleted entry of the first node (up to 100)
+-- to find the new first one: a third of a finish's Redis time.  The
+-- requeue pass drops the stream when the type has no active job (see
+-- requeue.lua), so the placeholder's node does not outlive the activity.
+local function add_active(job)
+  local id = redis.call('XADD', K_ACTIVE_JOBS, 'NOMKSTREAM', '*', 'j', job)
+  if id then return id end
+  redis.call('XADD', K_ACTIVE_JOBS, '0-1', 'j', '')
+  return redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
+end
+
 -- "<word> <rest>" -> word, rest
 local function cut(text)
   local i = string.find(text, ' ', 1, true)
@@ -485,7 +500,7 @@ local function take_one(lease)
         -- a "hold" left from a queue that disappeared is now in the past
         -- (this dequeue waited for it), so it no longer counts: no HDEL
         m.last, m.active = NOW, m.active + 1
-        local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
+        local id = add_active(job)
         -- the queue's count of dequeues goes with the same HSET
         redis.call('HSET', meta, 'last', NOW_TEXT, 'active', digits(m.active),
                    SLOT, next_slot(qid, 'dequeued', 1))

@@ -65,9 +65,15 @@ add_total('requeued', requeued)
 add_total('dead_lettered', discarded)
 -- the index of due types will hold this bound once the pass settles it,
 -- or a lower one (the settle left out because a mark came meanwhile)
-local head = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
+local head = redis.call('ZRANGE', K_DEADLINES, '0', '0', 'WITHSCORES')
 if #head == 0 then
   redis.call('DEL', K_INDEXED)
+  -- no active job: the stream holds at most its placeholder (add_active)
+  -- and deleted entries; it goes, and starts afresh at the next dequeue
+  local left = redis.call('XRANGE', K_ACTIVE_JOBS, '-', '+', 'COUNT', '2')
+  if #left == 0 or (#left == 1 and left[1][1] == '0-1') then
+    redis.call('DEL', K_ACTIVE_JOBS)
+  end
   return {requeued, discarded, #due, -1}
 end
 redis.call('SET', K_INDEXED, head[2])
