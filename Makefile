@@ -62,7 +62,7 @@ bench-instructions:
 # under callgrind: before/after comparisons of the Lua scripts.
 bench-redis-instructions:
 	./scripts/setup.sh valgrind
-	.venv/bin/python bench/script_cost.py --instructions
+	.venv/bin/python bench/script_cost.py --callgrind --n 4000 --queues 200
 
 # Soak (not in CI): 10 minutes of mixed load at about half of capacity,
 # memory sampled every 10 s; writes bench/RESULTS-soak.md.
