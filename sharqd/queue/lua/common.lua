@@ -420,14 +420,15 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   if redis.call('HSETNX', jobs, jid, '') == 0 then return 409, 0 end
   local length = redis.call('RPUSH', pending,
                             jid .. ' ' .. limit .. ' ' .. limit .. ' ' .. payload) - 1
-  -- override is read only when the interval given is not the queue's: a
-  -- field the hash lacks (the usual case) costs a scan of the whole hash
+  -- override is read only when the interval given is not the queue's (an
+  -- override is never without its interval): a field the hash lacks (the
+  -- usual case) costs a scan of the whole hash
   local m = redis.call('HMGET', meta, 'interval', SLOT)
   local stored = m[1]
   SLOT_SEEN[qid] = m[2]
   if interval == '' then
     interval = stored or '0'
-  elseif interval ~= stored and redis.call('HGET', meta, 'override') == '1' then
+  elseif stored and interval ~= stored and redis.call('HGET', meta, 'override') == '1' then
     interval = stored  -- set with /interval/: it sticks (R6)
   end
   local changed = interval ~= stored
