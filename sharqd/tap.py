@@ -208,14 +208,14 @@ def make_queue(config, reactor):
     pool, as before."""
     if config.redis.clustered:
         redis = ClusterService(config.redis, reactor=reactor)
-        masters = redis.masters
+        masters, node_of = redis.masters, redis.node_of
     else:
         redis = RedisService(config.redis, reactor=reactor)
-        masters = None
+        masters = node_of = None
     durable = redis.execute_durable if config.redis.wait_replicas else None
     queue = Queue(redis.execute, config.redis.key_prefix, config.sharq.job_expire_interval,
                   dead_letter_limit=config.sharq.dead_letter_limit, masters=masters,
-                  durable=durable)
+                  durable=durable, node_of=node_of)
     return queue, redis
 
 
@@ -274,6 +274,7 @@ def makeService(options, reactor=None):
     # a scrape steps back while other requests are answered (long-polls
     # that only wait do not count)
     exposition.in_flight = lambda: site.in_flight - waiters.waiting()
+    site.ended = exposition.request_ended
     endpoint, factory, reload_tls = listening(config, site, reactor)
     for reload in (site.reopen_log, reload_tokens, reload_tls):
         if reload is not None:

@@ -370,7 +370,7 @@ async def make_queue(testcase, unix=False, expire_ms=1000, cluster=False):
     if cluster:
         service = await connected_cluster(testcase, shared_cluster().section())
         return Queue(service.execute, unique_prefix(), expire_ms, clock=clock,
-                     masters=service.masters), clock
+                     masters=service.masters, node_of=service.node_of), clock
     service = await connected_service(testcase, shared_redis().section(unix=unix))
     return Queue(service.execute, unique_prefix(), expire_ms, clock=clock), clock
 

@@ -27,8 +27,10 @@ def payload(value):
 
 
 class TypeStatsTests(TestCase):
+    cluster = False
+
     async def setUp(self):
-        self.q, self.clock = await make_queue(self)
+        self.q, self.clock = await make_queue(self, cluster=self.cluster)
 
     async def put(self, queue_id, job_id, qtype="sms", interval=1000, limit=-1):
         await self.q.enqueue(qtype, queue_id, job_id, interval, payload({}), limit)
@@ -145,6 +147,58 @@ class TypeStatsTests(TestCase):
         self.assertIs(await first, await second)
         self.assertEqual([s.pending for s in await self.q.all_type_stats()], [1])
 
+    async def fill_types(self, count):
+        """count types, each with its own figures: i+1 pending jobs over
+        two queues, i % 3 of them active, one dead letter where i % 4 == 0,
+        and a duplicate refused where i % 5 == 0."""
+        types = [f"t{i:02d}" for i in range(count)]
+        for i, qtype in enumerate(types):
+            jobs = [BatchJob(f"q{j % 2}", f"j{j}", 0, payload({}), 0 if j == 0 else -1)
+                    for j in range(i + 1)]
+            if i % 5 == 0:
+                jobs.append(jobs[-1])
+            await self.q.enqueue_many(qtype, jobs)
+            if i % 3:
+                await self.q.dequeue_many(qtype, i % 3)
+        self.clock.advance(1.5)  # leases of 1 s: the j0 taken dies (budget 0)
+        for qtype in types[::4]:
+            await self.q.requeue(qtype, 100)
+        return types
+
+    async def test_many_types_read_in_batches_as_one_by_one(self):
+        """When the figures of many types are read in batches, each batch is
+        one script call (no type read alone; on a cluster, a function
+        reading keys of several slots of its master) whose figures are
+        those a read of each type alone gives; batches hold at most the
+        size asked, and every type is in exactly one batch."""
+        types = await self.fill_types(23)
+        alone = {t: await self.q.type_stats(t) for t in types}  # counts each base
+        batches = self.q.stats_batches(types, size=5)
+        self.assertEqual(sorted(t for b in batches for t in b), types)
+        self.assertLessEqual(max(len(b) for b in batches), 5)
+
+        def not_alone(queue_type, limit=None):
+            raise AssertionError(f"{queue_type} read alone, not in its batch")
+        self.patch(self.q, "type_stats", not_alone)
+        read = {s.queue_type: s for b in batches for s in await self.q.stats_many(b)}
+        self.assertEqual(read, alone)
+        self.assertEqual([s.queue_type for s in await self.q.all_type_stats()], types)
+        self.assertEqual(read["t04"].dead_letters, 1)
+        self.assertEqual((read["t05"].pending, read["t05"].active), (4, 2))
+        self.assertEqual(read["t05"].totals["rejected_duplicate"], 1)
+
+    async def test_batch_counts_a_type_without_base_alone(self):
+        """When a type of a batch has jobs stored before its totals existed,
+        the batch still gives its exact pending count (read alone, once),
+        and its other types' figures."""
+        types = await self.fill_types(6)
+        before = [await self.q.type_stats(t) for t in types]
+        await self.q.execute(b"HDEL", f"{self.q.prefix}:{{t03}}:totals", b"pending_base")
+        self.assertEqual(await self.q.stats_many(types), before)
+        raw = await self.q.execute(b"HGET", f"{self.q.prefix}:{{t03}}:totals",
+                                   b"pending_base")
+        self.assertIsNotNone(raw)
+
     async def test_top_queues_most_pending_first(self):
         """When queues have different lengths, top_queues lists the longest
         first (ties by id), with interval and ready time, across steps."""
@@ -169,6 +223,30 @@ class TypeStatsTests(TestCase):
         rows = await self.q.top_queues("sms", sort="queue_id")
         self.assertEqual([(r.queue_id, r.pending, r.active, r.ready_at is None)
                           for r in rows], [("a1", 1, 0, False), ("z1", 0, 1, True)])
+
+
+class TypeStatsClusterTests(TypeStatsTests):
+    """The same on a Redis Cluster: a batch holds types of one master."""
+    cluster = True
+
+    async def test_batches_keep_to_one_master(self):
+        """When types are spread over the masters, no batch mixes two."""
+        types = await self.fill_types(20)
+        nodes = {self.q.node_of(f"{self.q.prefix}:{{{t}}}") for t in types}
+        self.assertGreater(len(nodes), 1)
+        for batch in self.q.stats_batches(types):
+            self.assertEqual(
+                len({self.q.node_of(f"{self.q.prefix}:{{{t}}}") for t in batch}), 1)
+
+    async def test_a_batch_over_two_masters_is_read_type_by_type(self):
+        """When a batch names types of two masters (a slot moved since it was
+        made), the cluster refuses the one call and the types are read one
+        by one, with the same figures."""
+        types = await self.fill_types(12)
+        self.assertGreater(len({self.q.node_of(f"{self.q.prefix}:{{{t}}}")
+                                for t in types}), 1)
+        self.assertEqual(await self.q.stats_many(types),
+                         [await self.q.type_stats(t) for t in types])
 
 
 @pytest.fixture

@@ -52,7 +52,8 @@ class _Turns:
         calls, self.calls = self.calls, []
         assert calls, "nothing scheduled: the render stalled"
         for call in calls:
-            call.func(*call.args, **call.kw)
+            if not call.cancelled:
+                call.func(*call.args, **call.kw)
 
 
 class _Whole:
@@ -150,14 +151,17 @@ class ReuseTests(SynchronousTestCase):
         exposition = Exposition(own, reactor)
         stats = type_stats(200)
         changed = stats[:50] + [TypeStats("type0050", 999, 1, 1, 1, 9.5, {})] + stats[51:]
+        again = changed[:120] + [TypeStats("type0120", 5, 1, 1, 1, 0.5, {})] + changed[121:]
         for accept in ("", OPENMETRICS):
-            for figures in (stats, stats, changed, stats, None, stats[:10]):
+            for figures in (stats, stats, changed, changed, again, stats, None, stats[:10],
+                            stats[:10]):
                 self.assertEqual(self.render(exposition, reactor, figures, accept),
                                  encode(figures, own.collect(), accept, 100000))
 
     def test_unchanged_pieces_are_not_encoded_again(self):
         """When nothing changed since the last scrape, no piece is encoded
-        again; the pieces of at most KEPT_FORMATS formats are kept."""
+        again; when one type changed, one piece of each family; the pieces
+        of at most KEPT_FORMATS formats are kept."""
         reactor = _Turns()
         exposition = Exposition(_Whole(process_families()), reactor)
         stats = type_stats(100)
@@ -171,13 +175,20 @@ class ReuseTests(SynchronousTestCase):
         self.patch(prometheus, "choose_encoder", counting)
         self.render(exposition, reactor, stats)
         self.assertEqual(len(encoded), 1)  # the empty one, for the end marker
+        changed = stats[:50] + [TypeStats("type0050", 999, 1, 1, 1, 9.5, {})] + stats[51:]
+        del encoded[:]
+        self.render(exposition, reactor, changed)
+        families = len(prometheus.GAUGES) + len(prometheus.COUNTERS) + 1
+        # one piece a family (and the HELP/TYPE lines it leaves out), the end
+        self.assertLessEqual(len(encoded), 2 * families + 1)
         for version in range(6):
             self.render(exposition, reactor, stats, f"{OPENMETRICS[:-5]}{version + 1}.0.0")
         self.assertEqual(len(exposition.encoded), prometheus.KEPT_FORMATS)
 
 
 class _Queue:
-    """The two queue methods a scrape reads, answered by the test."""
+    """The queue methods a scrape reads, answered by the test: one
+    call per batch of two types."""
 
     def __init__(self, types):
         self.types = types
@@ -188,48 +199,75 @@ class _Queue:
         self.listed += 1
         return succeed(self.types)
 
-    def type_stats(self, queue_type):
+    def stats_batches(self, types):
+        return [types[i:i + 2] for i in range(0, len(types), 2)]
+
+    def stats_many(self, batch):
         d = Deferred()
-        self.calls.append((queue_type, d))
+        self.calls.append((batch, d))
         return d
 
     def answer_first(self):
-        queue_type, d = self.calls.pop(0)
-        d.callback(TypeStats(queue_type, 1, 0, 0, 0, 0.0, {}))
+        batch, d = self.calls.pop(0)
+        d.callback([TypeStats(t, 1, 0, 0, 0, 0.0, {}) for t in batch])
 
 
 class ReadTests(SynchronousTestCase):
 
-    def test_one_call_at_a_time_while_others_are_served(self):
-        """When other requests are in flight, the figures are read one
-        script call at a time; once none are, STATS_READERS at a time; the
-        figures come back in the types' order."""
-        reactor, queue = _Turns(), _Queue([f"t{i}" for i in range(10)])
-        exposition = Exposition(_Whole([]), reactor)
+    def test_one_call_at_a_time_when_idle(self):
+        """The figures are read one script call (a batch of types) at a
+        time.  While other requests are in flight the next call waits for
+        them to end, or BUSY_PAUSE at the latest; the figures come back in
+        the types' order."""
+        clock, queue = Clock(), _Queue([f"t{i:02d}" for i in range(20)])
+        exposition = Exposition(_Whole([]), clock)
         in_flight = [1]
         exposition.in_flight = lambda: in_flight[0]
         result = exposition.read_stats(queue)
-        reactor.turn()
-        self.assertEqual(len(queue.calls), 1)
+        clock.advance(prometheus.BUSY_PAUSE * 0.9)
+        self.assertEqual(queue.calls, [])  # busy: waits
+        clock.advance(prometheus.BUSY_PAUSE * 0.1)
+        self.assertEqual(len(queue.calls), 1)  # waited long enough
         queue.answer_first()
-        self.assertEqual(len(queue.calls), 1)  # the next one, alone
+        clock.advance(0)
+        self.assertEqual(queue.calls, [])
         in_flight[0] = 0
-        reactor.turn()
-        self.assertEqual(len(queue.calls), prometheus.STATS_READERS)
+        exposition.request_ended()  # the other request ended: idle
+        clock.advance(0)
+        self.assertEqual(len(queue.calls), 1)
         while queue.calls:
             queue.answer_first()
-            if not queue.calls and reactor.calls:
-                reactor.turn()
+            clock.advance(0)
+            self.assertLessEqual(len(queue.calls), 1)
         self.assertEqual([s.queue_type for s in self.successResultOf(result)],
                          queue.types)
+
+    def test_a_turn_after_a_request_lets_the_reactor_send_first(self):
+        """When the last other request ends, the scrape's next turn comes
+        after the reactor has looked at its sockets once (a timed call
+        later), so what the request wrote goes out first."""
+        reactor = _Turns()
+        exposition = Exposition(_Whole([]), reactor)
+        in_flight = [1]
+        exposition.in_flight = lambda: in_flight[0]
+        turns = []
+        exposition.turn().addCallback(turns.append)
+        in_flight[0] = 0
+        exposition.request_ended()
+        reactor.turn()
+        self.assertEqual(turns, [])
+        reactor.turn()
+        self.assertEqual(turns, [None])
 
     def test_scrapes_at_the_same_time_share_one_read(self):
         """When a scrape comes while another one's read runs, both get the
         figures of the one read."""
-        queue = _Queue(["a", "b"])
-        exposition = Exposition(_Whole([]), _Turns())
+        clock, queue = Clock(), _Queue(["a", "b", "c"])
+        exposition = Exposition(_Whole([]), clock)
         first, second = exposition.read_stats(queue), exposition.read_stats(queue)
+        clock.advance(0)
         while queue.calls:
             queue.answer_first()
+            clock.advance(0)
         self.assertEqual(queue.listed, 1)
         self.assertIs(self.successResultOf(first), self.successResultOf(second))

@@ -6,12 +6,15 @@ function.  Inputs are already validated; results are plain Python values.
 import heapq
 import time
 from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter
 from typing import NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
-from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
+from sharqd.errors import (BadRequest, Conflict, NotFound, QueueFull, RedisUnavailable,
+                           TypePaused)
 from sharqd.queue.lua import SCRIPT_FLAGS, library, script_text
 from sharqd.queue.shared import SharedRead, gather
 from sharqd.redis.scripts import Functions, Library, Script
@@ -82,9 +85,14 @@ class Counts:
 # Queues one top-queues call reads: keeps each call well under a
 # millisecond of Redis time, so concurrent enqueues are not held up.
 STATS_STEP = 100
-# Script calls of a scrape in flight at once: as many as connections, so a
-# request's command waits behind at most one of them.
+# stats calls of type_stats in flight at once when no limit is given
 STATS_PARALLEL = 4
+# Types one statsmany call reads at most (~20 µs of Redis time each).  A
+# call costs sharqd ~40-70 µs of CPU whatever its size, but an enqueue
+# that comes while it runs waits for all of it: with 8 types a call a
+# scrape took 25 ms of sharqd CPU (2: 53 ms, one per type: 73 ms) yet
+# delayed the enqueues during it more (bench/RESULTS-observability.md).
+STATS_BATCH = 2
 TOTALS = ("enqueued", "dequeued", "finished", "requeued", "dead_lettered",
           "rejected_duplicate", "rejected_max_queued_length")
 
@@ -129,6 +137,15 @@ def _not_current_lease(queue_type, queue_id, job_id, lease_id):
 def _not_dead(queue_type, queue_id, job_id):
     return NotFound(f"Job `{job_id}` of queue `{queue_type}/{queue_id}` "
                     f"is not a dead letter.")
+
+
+def _type_stats(queue_type, pending, active, ready, dead, head, now, totals):
+    """A TypeStats; head is the earliest ready time (epoch ms, -1: none)."""
+    age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
+    return TypeStats(queue_type, pending, active, ready, dead, age, totals)
+
+
+_by_type = attrgetter("queue_type")
 
 
 def _enqueued(reply, queue_type, queue_id, job_id):
@@ -231,7 +248,8 @@ class Queue:
     log = Logger()
 
     def __init__(self, execute, key_prefix="sharq_server", job_expire_interval=1000,
-                 clock=None, dead_letter_limit=10000, masters=None, durable=None):
+                 clock=None, dead_letter_limit=10000, masters=None, durable=None,
+                 node_of=None):
         """
         execute(*command) -> Deferred sends one Redis command, to the node
         of the key it names (a script's first key) on a cluster.  masters()
@@ -240,12 +258,16 @@ class Queue:
         replicas ([redis] wait_replicas).  clock, when given, is a callable
         returning epoch seconds used instead of the Redis server's clock
         (for tests); normally all sharqd processes share the Redis clock.
+        node_of(key) names the node that holds a key (None when not known
+        yet): scripts may read the keys of several types of one node
+        (default: one node for all).
         """
         self.execute = execute
         self.masters = masters or (lambda: [execute])
         # the scripts, as Redis functions where this Redis has them
         self.call = Functions(LIBRARY, self.masters)
         self.durable = durable or execute
+        self.node_of = node_of or (lambda key: "")
         self.prefix = key_prefix
         self.registry = f"{key_prefix}:registry"
         # the index of due types (lua/due.lua), in a slot of its own
@@ -258,6 +280,7 @@ class Queue:
         self.clock = clock
         self.dead_letter_limit = dead_letter_limit
         self._registered = {}  # queue type -> when this process last registered it
+        self._known = set()  # types this process added to <prefix>:known_types
         # Deferred of the TypeStats of every known type; callers that come
         # while a read runs share its result (SharedRead)
         self.all_type_stats = SharedRead(self._read_all_type_stats)
@@ -703,25 +726,70 @@ class Queue:
         totals = {name: 0 for name in TOTALS}
         totals.update((raw[i].decode(), int(raw[i + 1])) for i in range(0, len(raw), 2)
                       if raw[i].decode() in totals)
-        age = max(0, now - head) / 1000.0 if head >= 0 else 0.0
-        return TypeStats(queue_type, pending, active, ready, dead, age, totals)
+        return _type_stats(queue_type, pending, active, ready, dead, head, now, totals)
+
+    def stats_batches(self, types, size=STATS_BATCH):
+        """The types in batches of at most size that one stats_many call
+        reads: on a cluster, the types of a batch are on one master (a type
+        whose master is not known yet is a batch of its own)."""
+        nodes = {}
+        for queue_type in types:
+            node = self.node_of(f"{self.prefix}:{{{queue_type}}}")
+            batches = nodes.setdefault(node, [[]])
+            if node is None or len(batches[-1]) >= size:
+                batches.append([])
+            batches[-1].append(queue_type)
+        return [batch for batches in nodes.values() for batch in batches if batch]
+
+    async def stats_many(self, types):
+        """The TypeStats of a batch of stats_batches, in one script call
+        (statsmany.lua) of a few µs of Redis time per type.  A type whose
+        pending count has no base yet is read alone with type_stats, and so
+        is every type of the batch when a cluster refuses the call (a slot
+        moved since the batch was made)."""
+        bases = [f"{self.prefix}:{{{t}}}" for t in types]
+        now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
+        call = partial(self.call, "statsmany", self.execute, bases[:1], [now, *bases])
+        try:
+            reply = await (self.gate(call) if self.gate is not None else call())
+        except RedisUnavailable:
+            raise
+        except Exception as e:  # a cluster's "non local key" while slots move
+            self.log.debug("Figures of {n} types read one by one: {e}", n=len(types), e=e)
+            return [await self.type_stats(t) for t in types]
+        lines = reply.split(b"\n")
+        now = int(lines[0])
+        out = []
+        for queue_type, line in zip(types, lines[1:]):
+            if line == b"?":
+                out.append(await self.type_stats(queue_type))
+                continue
+            n = [int(x) for x in line.split()]
+            out.append(_type_stats(queue_type, n[0], n[1], n[2], n[3], n[4], now,
+                                   dict(zip(TOTALS, n[5:]))))
+        return out
 
     async def known_types(self):
         """Every type with jobs now or seen by an earlier call: a type keeps
         its dead letters and totals after its last queue is gone."""
         known = f"{self.prefix}:known_types"
         now = await self.registered_types()
-        if now:
-            await self.execute(b"SADD", known, *now)
-        return sorted(t.decode() for t in await self.execute(b"SMEMBERS", known))
+        # added by this process already: not sent again (a scrape would
+        # send a thousand names each time)
+        new = [t for t in now if t not in self._known]
+        if new:
+            await self.execute(b"SADD", known, *new)
+            self._known.update(new)
+        return sorted({t.decode() for t in await self.execute(b"SMEMBERS", known)}.union(now))
 
     async def _read_all_type_stats(self):
-        """TypeStats of every known type; STATS_PARALLEL calls at a time
-        over all of them."""
-        types = await self.known_types()
-        limit = DeferredSemaphore(STATS_PARALLEL)
-        return await gather([Deferred.fromCoroutine(self.type_stats(t, limit))
-                              for t in types])
+        """TypeStats of every known type, in the order of known_types: one
+        batch call at a time, so that another request's script waits
+        behind one of them at most (a batch holds Redis ~0.15 ms)."""
+        stats = []
+        for batch in self.stats_batches(await self.known_types()):
+            stats += await self.stats_many(batch)
+        return sorted(stats, key=_by_type)
 
     async def top_queues(self, queue_type, limit=50, step=STATS_STEP, sort="pending"):
         """The first limit queues of the type (with pending or active jobs),

@@ -176,6 +176,11 @@ class ClusterService(Service):
         """The execute function of each master, in address order."""
         return [self.pool(a).execute for a in sorted(set(filter(None, self.slots)))]
 
+    def node_of(self, key):
+        """The address of the master that holds key (None while the slot
+        map does not say): keys of one master may be read by one script."""
+        return self.slots[key_slot(key)]
+
     def startService(self):
         super().startService()
         for pool in self.pools.values():

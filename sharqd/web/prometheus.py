@@ -27,34 +27,32 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
-from twisted.internet.task import Cooperator, deferLater
+from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from sharqd.errors import RedisUnavailable
-from sharqd.queue.shared import SharedRead, gather
+from sharqd.queue.shared import SharedRead
 
 # the *_created samples double the size of a scrape for little use
 disable_created_metrics()
 
 PEER_TIMEOUT = 1.0  # seconds a scrape waits for another worker's metrics
-# A scrape is encoded on the reactor in slices of at most SLICE_SECONDS,
-# each of pieces of at most PIECE samples (~5 µs a sample); between two
-# slices the reactor serves everything else that is due.  While other
-# requests are in flight the scrape steps back: one piece per tick, a tick
-# every BUSY_PAUSE seconds, so their reads, Redis round trips and writes
-# (each waits for a turn of the reactor) are not held up by slices.
-SLICE_SECONDS = 0.0001
+# A scrape does its work in turns taken while sharqd has nothing else to
+# do (Exposition.turn): once no other request is in flight, and after the
+# reactor has sent what it was asked to (answers, Redis commands), so no
+# request waits behind the scrape for more than one turn; while requests
+# keep coming, a turn every BUSY_PAUSE seconds at least.  A turn is one
+# Redis call of the read (a batch of types, Queue.stats_batches: one call
+# in flight at a time), or a slice of the encoding: pieces of at most
+# PIECE samples (~5 µs a sample) for at most SLICE_SECONDS, one piece
+# only while other requests are in flight.
+SLICE_SECONDS = 0.00005
 PIECE = 8
 BUSY_PAUSE = 0.0005
 KEPT_FORMATS = 4  # formats (Accept) whose last scrape's pieces are kept
-# The queue figures are read with one script call per type, this many at
-# a time, but one at a time while other requests are in flight: each reply
-# is a turn of the reactor that their reads, Redis replies and answers wait
-# for.
-STATS_READERS = 4
 
 # name, help, TypeStats attribute
 GAUGES = (
@@ -99,29 +97,38 @@ def _queue_pieces(stats, size):
     it holds: the same rows encode the same), make() builds the piece as a
     family, first marks the first piece of a family (it carries the HELP
     and TYPE lines when encoded)."""
-    up = GaugeMetricFamily("sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
-                           value=0 if stats is None else 1)
-    yield (("sharqd_redis_up", up.samples[0].value),), lambda: up, True
+    for column in _queue_columns(stats, size):
+        yield from _pieces_of(*column)
+
+
+def _queue_columns(stats, size):
+    """Each queue family as (kind, name, help, label names, labels, values,
+    samples a piece), where labels[i] and values[i] are the label values
+    and the value of its i-th sample: columns compare and slice in C, not
+    in a Python loop per sample."""
+    yield (GaugeMetricFamily, "sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
+           [], [()], [0 if stats is None else 1], size)
     if stats is None:
         return
+    types = [(s.queue_type,) for s in stats]
     for name, doc, attr in GAUGES:
-        for i in range(0, max(len(stats), 1), size):
-            rows = tuple(((s.queue_type,), getattr(s, attr)) for s in stats[i:i + size])
-            yield ((name,) + rows, partial(_family, GaugeMetricFamily, name, doc,
-                                           ["queue_type"], rows), i == 0)
+        yield (GaugeMetricFamily, name, doc, ["queue_type"], types,
+               [getattr(s, attr) for s in stats], size)
     for name, doc, key in COUNTERS:
-        for i in range(0, max(len(stats), 1), size):
-            rows = tuple(((s.queue_type,), s.totals.get(key, 0)) for s in stats[i:i + size])
-            yield ((name,) + rows, partial(_family, CounterMetricFamily, name, doc,
-                                           ["queue_type"], rows), i == 0)
-    size = max(1, size // len(REJECTIONS))
-    for i in range(0, max(len(stats), 1), size):
-        rows = tuple(((s.queue_type, reason), s.totals.get(key, 0))
-                     for s in stats[i:i + size] for reason, key in REJECTIONS)
-        yield (("sharqd_enqueue_rejected",) + rows,
-               partial(_family, CounterMetricFamily, "sharqd_enqueue_rejected",
-                       "Enqueues refused, by reason.", ["queue_type", "reason"], rows),
-               i == 0)
+        yield (CounterMetricFamily, name, doc, ["queue_type"], types,
+               [s.totals.get(key, 0) for s in stats], size)
+    yield (CounterMetricFamily, "sharqd_enqueue_rejected", "Enqueues refused, by reason.",
+           ["queue_type", "reason"],
+           [(s.queue_type, reason) for s in stats for reason, _ in REJECTIONS],
+           [s.totals.get(key, 0) for s in stats for _, key in REJECTIONS],
+           max(1, size // len(REJECTIONS)) * len(REJECTIONS))
+
+
+def _pieces_of(kind, name, doc, label_names, labels, values, size):
+    """_queue_pieces' pieces of one family (a column of _queue_columns)."""
+    for i in range(0, max(len(values), 1), size):
+        rows = tuple(zip(labels[i:i + size], values[i:i + size]))
+        yield (name,) + rows, partial(_family, kind, name, doc, label_names, rows), i == 0
 
 
 def _family(kind, name, doc, labels, rows):
@@ -227,6 +234,7 @@ class _Pieces:
         # hold: most types' figures do not change from one to the next
         self.previous = previous or {}
         self.encoded = {}
+        self.keys = []  # the key of each text in out
 
     def add(self, family, first=True):
         """Encode a family, or a piece of one: a piece after the first
@@ -249,6 +257,28 @@ class _Pieces:
                 text = text[len(self._head(family)):]
         self.encoded[key] = text
         self.out.append(text)
+        self.keys.append(key)
+
+    def add_column(self, column):
+        """Add a queue family (a column of _queue_columns) whole when it
+        holds what it held at the last scrape (most do: one list compare
+        instead of a step per piece); False when it does not."""
+        name, labels, values = column[1], column[4], column[5]
+        last = self.previous.get(name)
+        if last is None or last[0] != labels or last[1] != values:
+            return False
+        self.encoded[name] = last
+        self.encoded.update(last[3])  # its pieces, for when one changes
+        self.out.append(last[2])
+        self.keys.append(name)
+        return True
+
+    def keep_column(self, column, start):
+        """Note the pieces added since out[start] as the column's, for
+        add_column at the next scrape."""
+        keys = self.keys[start:]
+        self.encoded[column[1]] = (column[4], column[5], b"".join(self.out[start:]),
+                                   {key: self.encoded[key] for key in keys})
 
     def _head(self, family):
         head = self.heads.get(family.name)
@@ -282,9 +312,15 @@ def _split(family, size):
 def _steps(pieces, stats, families, size=PIECE):
     """The encoding of a scrape, one piece of at most `size` samples per
     step (Cooperator drives it)."""
-    for rows, make, first in _queue_pieces(stats, size):
-        pieces.add_made(rows, make, first)
-        yield
+    for column in _queue_columns(stats, size):
+        if pieces.add_column(column):
+            yield
+            continue
+        start = len(pieces.out)
+        for rows, make, first in _pieces_of(*column):
+            pieces.add_made(rows, make, first)
+            yield
+        pieces.keep_column(column, start)
     for family in families:
         for piece, first in _split(family, size):
             pieces.add(piece, first)
@@ -367,6 +403,7 @@ class Exposition:
         # in_flight, set by tap); renders: scrapes being encoded now
         self.in_flight = lambda: 0
         self.scrapes = 0  # scrapes being read or encoded now
+        self.waiting = set()  # _Turns waiting for the other requests to end
         # the TypeStats of every type a queue knows; scrapes that come while
         # a read runs share its result
         self.read_stats = SharedRead(self._read)
@@ -436,24 +473,70 @@ class Exposition:
 
     async def _read(self, queue):
         types = await queue.known_types()
-        stats = [None] * len(types)
-        todo = iter(enumerate(types))
-
-        async def reader(first):
-            for i, queue_type in todo:
-                while not first and self.busy():  # one reader only, then
-                    await deferLater(self.reactor, BUSY_PAUSE)
-                stats[i] = await queue.type_stats(queue_type)
-
-        await gather([Deferred.fromCoroutine(reader(n == 0)) for n in range(STATS_READERS)])
-        return stats
+        stats = []
+        for batch in queue.stats_batches(types):
+            await self.turn()
+            stats.extend(await queue.stats_many(batch))
+        order = {t: i for i, t in enumerate(types)}
+        return sorted(stats, key=lambda s: order[s.queue_type])
 
     def busy(self):
         """Whether requests other than scrapes are in flight."""
         return self.in_flight() > self.scrapes
 
+    def turn(self):
+        """A Deferred that fires at the scrape's next turn (see
+        SLICE_SECONDS)."""
+        d = Deferred()
+        _Turn(self, d.callback, None)
+        return d
+
     def _schedule(self, step):
-        return self.reactor.callLater(BUSY_PAUSE if self.busy() else 0, step)
+        return _Turn(self, step)
+
+    def request_ended(self):
+        """Told by the site when a request ends: turns that wait for sharqd
+        to be idle may come."""
+        if self.waiting and not self.busy():
+            for waiting in list(self.waiting):
+                waiting.idle()
+
+
+class _Turn:
+    """f(*args) at a scrape's next turn: at once if no other request is in
+    flight, else when the last one ends (Exposition.request_ended) and
+    what it wrote has gone out, or BUSY_PAUSE at the latest.  cancel() as
+    a DelayedCall's (a Cooperator's scheduler returns it)."""
+
+    def __init__(self, exposition, f, *args):
+        self.exposition = exposition
+        self.reactor = exposition.reactor
+        self.f, self.args = f, args
+        if exposition.busy():
+            exposition.waiting.add(self)
+            self.call = self.reactor.callLater(BUSY_PAUSE, self.run)
+        else:
+            self.call = self.reactor.callLater(0, self.run)
+
+    def idle(self):
+        """The other requests have ended: the turn comes once the reactor
+        has sent what they wrote (timed calls run before the reactor polls
+        its sockets, so a second hop)."""
+        self.exposition.waiting.discard(self)
+        self.call.cancel()
+        self.call = self.reactor.callLater(0, self.after_io)
+
+    def after_io(self):
+        self.call = self.reactor.callLater(0, self.run)
+
+    def run(self):
+        self.exposition.waiting.discard(self)
+        self.f(*self.args)
+
+    def cancel(self):
+        self.exposition.waiting.discard(self)
+        if self.call.active():
+            self.call.cancel()
 
 
 class OwnMetricsResource(Resource):

@@ -470,6 +470,8 @@ class SharqSite(Site):
         self._idle_waiters = []
         # observe(request, seconds) is told of every answered request (metrics)
         self.observe = observe
+        # told when a request has ended (a scrape waits for sharqd to be idle)
+        self.ended = lambda: None
 
     # ---- connections: at most max_connections, the rest told 503
 
@@ -512,6 +514,7 @@ class SharqSite(Site):
         if self.observe is not None and request is not None and request.finished \
                 and not request.gone:
             self.observe(request, time.monotonic() - request.began)
+        self.ended()
 
     def when_idle(self):
         """A Deferred that fires once no request is in flight."""

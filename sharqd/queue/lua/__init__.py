@@ -161,6 +161,10 @@ SCRIPT_FLAGS = {  # name: (shared, flags)
     "migrate": (True, _DRAINS),
     "metrics": (True, _READS), "explain": (True, _READS), "topqueues": (True, _READS),
     "lock": (False, _DRAINS), "prune": (False, _DRAINS), "due": (False, _DRAINS),
+    # the figures of several types of one node (a Cluster master): Redis
+    # lets a function touch keys of several slots of its node only with
+    # allow-cross-slot-keys (a script without flags, under EVALSHA, may)
+    "statsmany": (False, _READS + ("allow-cross-slot-keys",)),
 }
 
 
