@@ -14,7 +14,9 @@ import time
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -267,7 +269,12 @@ class SharqChannel(HTTPChannel):
         self._body_since = None
         super().allContentReceived()
 
+    def writeHeaders(self, version, code, reason, headers):
+        self.transport.hold_next = True  # sent with the body (_Transport)
+        super().writeHeaders(version, code, reason, headers)
+
     def requestDone(self, request):
+        self.transport.flush()  # an answer without a body
         self._headers_done = False  # the next request has its own clock
         self._active = self.site.reactor.seconds()
         super().requestDone(request)
@@ -316,7 +323,7 @@ class SharqChannel(HTTPChannel):
         return self._peer
 
     def makeConnection(self, transport):
-        super().makeConnection(_JSONBadRequest(transport))
+        super().makeConnection(_Transport(transport, self.site.reactor))
 
     def lineLengthExceeded(self, line):
         # LineReceiver would hang up without a word
@@ -353,33 +360,82 @@ class AdmittingChannel(SharqChannel):
             request.target, _, request.target_version = rest.rpartition(b" ")
 
 
-class _JSONBadRequest:
-    """The transport of a SharqChannel: sends twisted.web's bare 400 (a
-    malformed request line, header or chunked body) as JSON; everything
-    else goes to the connection unchanged.  It provides what the
-    connection provides, with the methods of ITCPTransport, IPushProducer,
-    ISystemHandle and ISSLTransport written out: a __getattr__ fallback (as
-    in ProtocolWrapper) would slow down every write."""
+class _Transport:
+    """The transport of a SharqChannel, around the connection's own:
 
-    def __init__(self, transport):
+    - an answer goes out in one piece, at once: its status line and
+      headers are held (SharqChannel.writeHeaders) and sent with its body,
+      on the connection's socket (ISystemHandle) while nothing waits in the
+      transport's buffer.  The transport's write only buffers until the
+      reactor's next turn finds the socket writable, which costs that turn
+      and two epoll_ctl calls per answer.  TLS encrypts in its own
+      transport: its answers go through it, still in one piece.
+    - twisted.web's bare 400 (a malformed request line, header or chunked
+      body) goes out as JSON.
+
+    It provides what the connection provides, with the methods of
+    ITCPTransport, IPushProducer, ISystemHandle and ISSLTransport written
+    out: a __getattr__ fallback (as in ProtocolWrapper) would slow down
+    every write."""
+
+    held = b""  # the start of an answer, until the rest of it
+    hold_next = False  # hold the next writeSequence (an answer's headers)
+
+    def __init__(self, transport, clock):
         directlyProvides(self, providedBy(transport))
         self.transport = transport
+        self.clock = clock
+        self.socket = _socket_of(transport)
 
     def write(self, data):
-        self.transport.write(_JSON_400 if data == _BARE_400 else data)
+        if data == _BARE_400:
+            data = _JSON_400
+        if self.held:
+            data, self.held = self.held + data, b""
+        sock = self.socket
+        if sock is not None and not self.transport.disconnecting:
+            try:
+                sent = sock.send(data)
+            except OSError:  # full (EAGAIN) or failing: the transport sees to it
+                sent = 0
+            if sent == len(data):
+                return
+            # the rest, and everything after it on this connection, through
+            # the transport's buffer, in order
+            self.socket = None
+            data = data[sent:]
+        self.transport.write(data)
 
     def writeSequence(self, data):
         # one piece, not a type check and a buffer entry for each of the
         # ~30 pieces of an answer's status line and headers
-        self.transport.write(b"".join(data))
+        data = b"".join(data)
+        if self.hold_next:
+            self.hold_next = False
+            self.held = data
+        elif self.held:
+            # the first chunk of an answer without a Content-Length (Klein's
+            # routes): held too, for the last chunk that finish writes; sent
+            # by the next turn at the latest, should no more come
+            self.held += data
+            self.clock.callLater(0, self.flush)
+        else:
+            self.write(data)
+
+    def flush(self):
+        """Send what is held (an answer without a body: HEAD, 204)."""
+        if self.held:
+            self.write(b"")
 
     def loseConnection(self):
+        self.flush()
         self.transport.loseConnection()
 
     def abortConnection(self):
         self.transport.abortConnection()
 
     def loseWriteConnection(self):
+        self.flush()
         self.transport.loseWriteConnection()
 
     def getPeer(self):
@@ -424,6 +480,14 @@ class _JSONBadRequest:
     @property
     def disconnecting(self):
         return self.transport.disconnecting
+
+
+def _socket_of(transport):
+    """The socket of a plain TCP or UNIX connection, else None."""
+    if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
+        return None
+    handle = transport.getHandle()
+    return handle if isinstance(handle, socket.socket) else None
 
 
 class SharqSite(Site):
