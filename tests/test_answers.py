@@ -20,13 +20,16 @@ BIG = 32 * 1024 * 1024
 
 
 class _Pages(Resource):
-    """/big answers BIG bytes, /small a few; both with a Content-Length."""
+    """/big answers BIG bytes, /small a few, /echo the request's body; all
+    with a Content-Length."""
 
     isLeaf = True
 
     def render(self, request):
         if request.path == b"/big":
             return b"b" * BIG
+        if request.path == b"/echo":
+            return request.content.read()
         return b"small"
 
 
@@ -104,3 +107,15 @@ class AnswerTests(TestCase):
         self.assertIn(b"Content-Length: 5", head)
         self.assertEqual(split_answers(rest), [(b"200 OK", b"small")])
 
+    async def test_bodies_small_and_large_are_read_whole(self):
+        """When request bodies come below and above 100,000 bytes (kept in
+        memory and in a temporary file), each is read whole."""
+        port = self.serve()
+        bodies = [b"s" * 99_999, b"L" * 300_000]
+        client = await self.connect(port, b"".join(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body) for body in bodies))
+        await wait_until(lambda: split_answers(client.received) is not None
+                         and len(split_answers(client.received)) == 2)
+        self.assertEqual(split_answers(client.received),
+                         [(b"200 OK", body) for body in bodies])

@@ -10,7 +10,9 @@ import json
 import os
 import resource
 import socket
+import tempfile
 import time
+from io import BytesIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
@@ -576,6 +578,14 @@ class SharqSite(Site):
         if self.observe is not None and request is not None and request.finished \
                 and not request.gone:
             self.observe(request, time.monotonic() - request.began)
+
+    def getContentFile(self, length):
+        """A file for a request's body, as twisted.web's default (memory
+        below 100,000 bytes).  twisted.web asks the site for this hook and
+        catches the AttributeError on every request when it has none."""
+        if length is not None and length < 100000:
+            return BytesIO()
+        return tempfile.TemporaryFile()
 
     def when_idle(self):
         """A Deferred that fires once no request is in flight."""
