@@ -6,6 +6,9 @@ transport's buffer when the socket is full.  Over a real loopback
 connection to an in-process site.
 """
 
+import time
+from email.utils import parsedate_to_datetime
+
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -119,3 +122,19 @@ class AnswerTests(TestCase):
                          and len(split_answers(client.received)) == 2)
         self.assertEqual(split_answers(client.received),
                          [(b"200 OK", body) for body in bodies])
+
+    async def test_every_answer_carries_date_and_server(self):
+        """When answers are sent, each carries one Date header, the time of
+        the answer in HTTP's date format, and one Server header."""
+        port = self.serve()
+        client = await self.connect(port, b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    b"HEAD /small HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wait_until(lambda: client.received.count(b"\r\n\r\n") == 2)
+        for head in bytes(client.received).split(b"\r\n\r\n")[:2]:
+            lines = head.removeprefix(b"small").split(b"\r\n")
+            self.assertEqual(lines[0], b"HTTP/1.1 200 OK")
+            names = [line.split(b": ")[0] for line in lines[1:]]
+            self.assertEqual((names.count(b"Date"), names.count(b"Server")), (1, 1))
+            date = dict(line.split(b": ", 1) for line in lines[1:])[b"Date"].decode()
+            self.assertTrue(date.endswith(" GMT"))
+            self.assertLess(abs(parsedate_to_datetime(date).timestamp() - time.time()), 5)

@@ -136,11 +136,10 @@ class SharqRequest(Request):
         if problem is not None:
             self.answer_failure(400, problem)
             return
-        # twisted.web's Request.process, but with the Date header formatted
-        # once a second, not per request; "*" is refused above and none of
-        # sharqd's resources encodes its answers (no EncodingResourceWrapper)
-        self.setHeader(b"Server", SERVER_VERSION)
-        self.setHeader(b"Date", site.http_date())
+        # twisted.web's Request.process, but without the Server and Date
+        # headers (SharqChannel.writeHeaders writes them); "*" is refused
+        # above and none of sharqd's resources encodes its answers (no
+        # EncodingResourceWrapper)
         self.prepath = []
         self.postpath = self.path[1:].split(b"/")
         if b"%" in self.path:  # else unquoting changes nothing
@@ -272,8 +271,16 @@ class SharqChannel(HTTPChannel):
         super().allContentReceived()
 
     def writeHeaders(self, version, code, reason, headers):
-        self.transport.hold_next = True  # sent with the body (_Transport)
-        super().writeHeaders(version, code, reason, headers)
+        """twisted.web's, with the Server and Date lines every answer
+        carries written here rather than set on each request (two header
+        sets and their checks per request); held by the transport, to go
+        out with the body."""
+        lines = [version, b" ", code, b" ", reason, b"\r\n", self.site.common_lines()]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self.transport.held = b"".join(lines)
 
     def requestDone(self, request):
         self.transport.flush()  # an answer without a body
@@ -381,7 +388,6 @@ class _Transport:
     every write."""
 
     held = b""  # the start of an answer, until the rest of it
-    hold_next = False  # hold the next writeSequence (an answer's headers)
 
     def __init__(self, transport, clock):
         directlyProvides(self, providedBy(transport))
@@ -409,13 +415,9 @@ class _Transport:
         self.transport.write(data)
 
     def writeSequence(self, data):
-        # one piece, not a type check and a buffer entry for each of the
-        # ~30 pieces of an answer's status line and headers
+        # a chunk of an answer without a Content-Length, in one piece
         data = b"".join(data)
-        if self.hold_next:
-            self.hold_next = False
-            self.held = data
-        elif self.held:
+        if self.held:
             # the first chunk of an answer without a Content-Length (Klein's
             # routes): held too, for the last chunk that finish writes; sent
             # by the next turn at the latest, should no more come
@@ -531,7 +533,7 @@ class SharqSite(Site):
         self.access_log = None  # the open file, while the site listens
         self._log_second = None
         self._log_time = None
-        self._date_second = self._date = None
+        self._date_second = self._common_lines = None
         self.in_flight = 0
         self._idle_waiters = []
         # observe(request, seconds) is told of every answered request (metrics)
@@ -595,13 +597,15 @@ class SharqSite(Site):
         self._idle_waiters.append(d)
         return d
 
-    def http_date(self):
-        """The Date header's value, formatted once a second."""
+    def common_lines(self):
+        """The Server and Date header lines of every answer, formatted
+        once a second."""
         second = int(time.time())
         if second != self._date_second:
             self._date_second = second
-            self._date = datetimeToString(second)
-        return self._date
+            self._common_lines = b"Server: %s\r\nDate: %s\r\n" % (
+                SERVER_VERSION, datetimeToString(second))
+        return self._common_lines
 
     # ---- the access log: our own file, opened with O_APPEND so logrotate
     # and several worker processes can share it, one write per line
