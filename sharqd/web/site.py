@@ -142,7 +142,9 @@ class SharqRequest(Request):
         # EncodingResourceWrapper)
         self.prepath = []
         self.postpath = self.path[1:].split(b"/")
-        if b"%" in self.path:  # else unquoting changes nothing
+        # find, not `in`: a bytes `in` first tries its operand as an integer
+        # and raises and clears a TypeError inside, on every call
+        if self.path.find(b"%") >= 0:  # else unquoting changes nothing
             self.postpath = list(map(unquote_to_bytes, self.postpath))
         try:
             self.render(site.getResourceFor(self))
@@ -176,7 +178,7 @@ class SharqRequest(Request):
         path = self.path
         if not path.startswith(b"/"):
             return "The request target must be a path starting with `/`."
-        if not path.isascii() or b"%" in path:
+        if not path.isascii() or path.find(b"%") >= 0:
             try:
                 unquote_to_bytes(path).decode("utf-8")
             except UnicodeDecodeError:
