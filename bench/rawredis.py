@@ -16,7 +16,7 @@ def redis_benchmark(binary, port, conns, n, rand, args, timeout):
     cmd = [binary, "-h", "127.0.0.1", "-p", str(port), "-c", str(conns), "-n", str(n),
            "--csv", *(["-r", str(rand)] if rand else []), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    rows = [l for l in proc.stdout.splitlines() if l.startswith('"EVALSHA')]
+    rows = [l for l in proc.stdout.splitlines() if l.startswith(('"EVALSHA', '"FCALL'))]
     if proc.returncode != 0 or not rows:
         raise BenchError(f"redis-benchmark failed ({proc.returncode}): "
                          f"{proc.stdout[-500:]} {proc.stderr[-500:]}")
@@ -85,7 +85,7 @@ def dequeue_scaling(rs, scripts, sizes, k):
     (slowlog-log-slower-than 0)."""
     r = rs.client
     out = []
-    dsha = scripts.sha["dequeue"].encode()
+    dsha = scripts.name["dequeue"].encode()
     qtypes = {n: f"scale{n}" for n in sizes}
     ready_key = {n: f"{PREFIX}:{{{qtypes[n]}}}:ready" for n in sizes}
     try:
@@ -135,7 +135,8 @@ def dequeue_scaling(rs, scripts, sizes, k):
 
 
 def collect_slowlog(r, sha, into):
-    """Move (queue type, us) of the EVALSHA <sha> entries out of SLOWLOG (which
+    """Move (queue type, us) of the entries calling <sha> (FCALL of that
+    function, or EVALSHA of that sha) out of SLOWLOG (which
     also logs every redis.call inside the scripts, hence the small batches)."""
     n = r.call("SLOWLOG", "LEN")
     if n:
@@ -143,6 +144,7 @@ def collect_slowlog(r, sha, into):
         r.call("SLOWLOG", "RESET")
         if n >= 20000:
             raise BenchError("scaling: SLOWLOG overflowed")
-        # args: EVALSHA sha 0 base prefix type now ...
+        # args: FCALL function (or EVALSHA sha) 0 base prefix type now ...
         into.extend((e[3][5], e[2]) for e in entries
-                    if len(e[3]) > 5 and e[3][0].upper() == b"EVALSHA" and e[3][1] == sha)
+                    if len(e[3]) > 5 and e[3][0].upper() in (b"FCALL", b"EVALSHA")
+                    and e[3][1] == sha)

@@ -104,7 +104,8 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
             f"| {fmt(rawv)} | {f'{jobs / rawv:.2f}' if rawv else '-'} |")
     L.append("")
 
-    L.append("## Raw Lua script rate (redis-benchmark, EVALSHA of common.lua + op)\n")
+    L.append("## Raw Lua script rate (redis-benchmark, FCALL of the function library, as "
+             "sharqd calls it)\n")
     L.append("| script | conns | calls | calls/s | p50 ms | p99 ms | Redis CPU us/call "
              "| note |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---|")
@@ -117,7 +118,7 @@ def report(meta, raw, scaling, runs, notes, floor_rows):
     L.append("Each size: its own queue type with N queues holding one ready job "
              "each.  Rounds visit the sizes in turn (so outside load hits them alike): "
              "a dequeue, then a finish and a new enqueue into the same queue so that "
-             "N queues stay ready.  Redis time of each dequeue EVALSHA from SLOWLOG "
+             "N queues stay ready.  Redis time of each dequeue FCALL from SLOWLOG "
              "(slowlog-log-slower-than 0, 1 us resolution); round trip = client-side "
              "time of the same calls over loopback.\n")
     L.append("| ready queues | dequeues | Redis us median | min | p10 | mean | p99 "

@@ -10,9 +10,8 @@ bench/RESULTS.md):
 
   * enqueue, dequeue and dequeue+finish at 32 and 64 connections (wrk -t2):
     req/s, p50, p99, 404s and errors, sharqd and Redis CPU us per request;
-  * the raw rate of the same Lua scripts (EVALSHA, what the op uses of
-    common.lua + op, exactly as sharqd loads them) by redis-benchmark at the
-    same concurrency;
+  * the raw rate of the same Lua scripts (FCALL of the function library,
+    exactly as sharqd calls it) by redis-benchmark at the same concurrency;
   * the Redis time of the dequeue script with 1, 1,000 and 100,000 ready
     queues (SLOWLOG with slowlog-log-slower-than 0);
   * the performance floors, each met or MISSED.

@@ -158,7 +158,8 @@ def main():
         scrapes = [timed_get(conn, "/prometheus") for _ in range(args.scrapes)]
         cpu_per_scrape = (process_cpu(proc.pid) - cpu) / args.scrapes
         log = redis.client.call(b"SLOWLOG", b"GET", b"-1")
-        longest = max(int(entry[2]) for entry in log if entry[3][0].upper() == b"EVALSHA")
+        longest = max(int(entry[2]) for entry in log
+                      if entry[3][0].upper() in (b"FCALL", b"EVALSHA", b"EVAL"))
         redis.client.call(b"CONFIG", b"SET", b"slowlog-log-slower-than", b"10000")
         queues = [timed_get(conn, "/queues/")[0] for _ in range(args.scrapes)]
         text = scrapes[-1][1].decode()

@@ -223,7 +223,7 @@ def measured(server, redis, requests):
     # the commands a script runs are counted in commandstats too (and in
     # the script's own usec): the scripts' usec, plus any command sent on
     # its own (the original's LLEN after each dequeue)
-    scripts = sum(v for k, v in per_command.items() if k in ("evalsha", "eval"))
+    scripts = sum(v for k, v in per_command.items() if k in ("fcall", "evalsha", "eval"))
     n = len(requests)
     return {"n": n, "statuses": dict(Counter(s for s, _ in answers)),
             "cpu_us": cpu * 1e6 / n, "redis_us": scripts / n,
@@ -273,7 +273,8 @@ def redis_benchmark(port, n, command):
     out = subprocess.run(["redis-benchmark", "-p", str(port), "-c", "32", "-n", str(n),
                           "-r", "1000", "--csv", *map(str, command)],
                          capture_output=True, text=True, timeout=600, check=True)
-    row = [line for line in out.stdout.splitlines() if line.startswith('"EVALSHA')][-1]
+    row = [line for line in out.stdout.splitlines()
+           if line.startswith(('"EVALSHA', '"FCALL'))][-1]
     return float(row.rsplit(",", 7)[1].strip('"'))
 
 
@@ -438,9 +439,9 @@ def requeue_at_scale(redis, twistd, tmp, jobs):
     head = lambda: [f"sharq_server:{{{QTYPE}}}", "sharq_server", QTYPE, then]  # noqa: E731
     for start in range(0, jobs, 50000):
         part = range(start, min(jobs, start + 50000))
-        redis.pipeline([["EVALSHA", scripts.sha["enqueue"], 0, *head(), f"q{i % 1000}",
-                         f"j{i}", 0, b'{"n":1}', -1, ""] for i in part])
-        redis.pipeline([["EVALSHA", scripts.sha["dequeue"], 0, *head(), 1000] for _ in part])
+        redis.pipeline([scripts.command("enqueue", head(), f"q{i % 1000}", f"j{i}", 0,
+                                        b'{"n":1}', -1, "") for i in part])
+        redis.pipeline([scripts.command("dequeue", head(), 1000) for _ in part])
     active = int(redis.call("ZCARD", f"sharq_server:{{{QTYPE}}}:deadlines"))
     # registered, as sharqd registers a type before its first enqueue (an
     # unregistered type is never passed)
@@ -507,7 +508,7 @@ def side_by_side(http_rows, memory, raw):
     out = ["### CPU and Redis time per request (same HTTP workload, one Redis)", "",
             "Server CPU: utime+stime of the server's process tree per request (sharqd "
             "workers = 1; original: gunicorn master + 1 gevent worker).  Script time: "
-            "usec of EVALSHA/EVAL in INFO commandstats per request (the server's own "
+            "usec of FCALL/EVALSHA/EVAL in INFO commandstats per request (the server's own "
             "requeue loop included).  Redis CPU: Redis' own utime+stime (INFO cpu) per "
             "request, network work included.  ratio = sharqd / original (lower is "
             "better for sharqd).", "",
@@ -532,7 +533,7 @@ def side_by_side(http_rows, memory, raw):
         f"{side} {op} {http_rows[side][op]['statuses']}" for side in SIDES
         for op in ("enqueue", "dequeue", "finish"))]
     out += ["", "Redis usec by command over the whole lifecycle workload (a script's "
-            "commands are counted within its EVALSHA and again on their own):", ""]
+            "commands are counted within its FCALL or EVALSHA and again on their own):", ""]
     for side in SIDES:
         per = Counter()
         for op in ("enqueue", "dequeue", "finish"):

@@ -33,6 +33,8 @@ class Routing(TestCase):
         """When a command is a script, it routes by its first declared key;
         other commands by their first argument; PING by none."""
         self.assertEqual(command_key((b"EVALSHA", b"sha", 1, b"p:{t}", b"arg")), b"p:{t}")
+        self.assertEqual(command_key((b"FCALL", b"fn", 1, b"p:{t}", b"arg")), b"p:{t}")
+        self.assertIsNone(command_key((b"FUNCTION", b"LOAD", b"#!lua name=x")))
         self.assertIsNone(command_key((b"EVAL", b"src", 0, b"arg")))
         self.assertEqual(command_key((b"ZADD", b"p:registry", 1, b"t")), b"p:registry")
         self.assertIsNone(command_key((b"PING",)))

@@ -12,9 +12,10 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
 from sharqd.errors import BadRequest, Conflict, NotFound, QueueFull, TypePaused
-from sharqd.queue.lua import script_text
+from sharqd.queue.lua import SCRIPT_FLAGS, library, script_text
 from sharqd.queue.shared import SharedRead, gather
-from sharqd.redis.scripts import Script
+from sharqd.redis.scripts import Functions, Library, Script
+
 
 def load_script(name, shared=True):
     """lua/<name>.lua, after what it uses of the shared prelude unless told
@@ -22,13 +23,8 @@ def load_script(name, shared=True):
     return Script(name, script_text(name, shared))
 
 
-SCRIPTS = {name: load_script(name) for name in (
-    "enqueue", "dequeue", "finish", "requeue", "interval", "deletequeue",
-    "metrics", "enqueuebatch", "dequeuebatch", "finishbatch", "touch",
-    "deadletters", "policy", "explain", "stats", "topqueues", "migrate")}
-LOCK = load_script("lock", shared=False)
-PRUNE = load_script("prune", shared=False)
-DUE = load_script("due", shared=False)
+SCRIPTS = {name: load_script(name, shared) for name, (shared, _) in SCRIPT_FLAGS.items()}
+LIBRARY = Library(*library(), SCRIPTS)
 
 # Types a pass reads from the index of due types at most (the earliest
 # first; more wait for the next pass): keeps that call to a few ms.
@@ -247,6 +243,8 @@ class Queue:
         """
         self.execute = execute
         self.masters = masters or (lambda: [execute])
+        # the scripts, as Redis functions where this Redis has them
+        self.call = Functions(LIBRARY, self.masters)
         self.durable = durable or execute
         self.prefix = key_prefix
         self.registry = f"{key_prefix}:registry"
@@ -276,8 +274,8 @@ class Queue:
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
         base = f"{self.prefix}:{{{queue_type}}}"
         # the base names the type's slot: a cluster routes by it
-        return SCRIPTS[name](execute or self.execute, (base,),
-                             (base, self.prefix, queue_type, now) + args)
+        return self.call(name, execute or self.execute, (base,),
+                         (base, self.prefix, queue_type, now) + args)
 
     def _wall(self):
         return self.clock() if self.clock is not None else time.time()
@@ -377,7 +375,7 @@ class Queue:
         Never fails: a mark that does not reach Redis is logged, and the
         requeue service's sweep finds the deadline.  Cancelling the
         Deferred returned (a client hanging up) leaves the mark going."""
-        d = DUE(self.execute, self.due_keys,
+        d = self.call("due", self.execute, self.due_keys,
                 (b"mark", *(part for mark in marks for part in mark)))
         shield = Deferred()
         d.addErrback(self._not_marked, marks).chainDeferred(shield)
@@ -392,7 +390,7 @@ class Queue:
         """[(type, generation)] of up to limit types whose deadline bound
         has come, the earliest first."""
         now = b"" if self.clock is None else b"%d" % int(self.clock() * 1000)
-        reply = await DUE(self.execute, self.due_keys, (b"due", now, limit))
+        reply = await self.call("due", self.execute, self.due_keys, (b"due", now, limit))
         return [(reply[i].decode(), reply[i + 1]) for i in range(0, len(reply), 2)]
 
     async def settle_due(self, settled):
@@ -401,7 +399,7 @@ class Queue:
         drop it from the index; returns how many were."""
         n = 0
         for i in range(0, len(settled), DUE_STEP):
-            n += await DUE(self.execute, self.due_keys, (b"settle", *(
+            n += await self.call("due", self.execute, self.due_keys, (b"settle", *(
                 part for t, generation, head in settled[i:i + DUE_STEP]
                 for part in (t, generation, b"" if head is None else head))))
         return n
@@ -485,7 +483,8 @@ class Queue:
         if not await self._run("metrics", queue_type, b"idle"):
             return False
         await self.execute(b"SREM", f"{self.prefix}:types", queue_type)
-        return bool(await PRUNE(self.execute, (self.registry,), (queue_type, int(cutoff))))
+        return bool(await self.call("prune", self.execute, (self.registry,),
+                                    (queue_type, int(cutoff))))
 
     async def queue_ids(self, queue_type):
         """Every queue id of the type, sorted, read in bounded steps."""
@@ -527,12 +526,14 @@ class Queue:
 
     async def lock(self, queue_type, token, ttl_ms):
         """Take (or keep) the type's requeue lock for ttl_ms; True when held."""
-        return bool(await LOCK(self.execute, (f"{self.prefix}:{{{queue_type}}}:requeue_lock",),
-                               (b"acquire", token, ttl_ms)))
+        return bool(await self.call("lock", self.execute,
+                                    (f"{self.prefix}:{{{queue_type}}}:requeue_lock",),
+                                    (b"acquire", token, ttl_ms)))
 
     async def unlock(self, queue_type, token):
-        return bool(await LOCK(self.execute, (f"{self.prefix}:{{{queue_type}}}:requeue_lock",),
-                               (b"release", token, 0)))
+        return bool(await self.call("lock", self.execute,
+                                    (f"{self.prefix}:{{{queue_type}}}:requeue_lock",),
+                                    (b"release", token, 0)))
 
     # ---- batches, long-poll support, leases, dead letters
 

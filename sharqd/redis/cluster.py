@@ -12,13 +12,15 @@ does not answer, CLUSTERDOWN), one refresh at a time.  Redirections:
   there, the whole map read again shortly after;
 - ASK: the slot is being migrated and this key has left: ASKING and the
   command, once, on one connection of the named node.  Not for scripts
-  (EVAL, EVALSHA): a script may touch keys it does not declare, which may
+  (EVAL, EVALSHA, FCALL): a script may touch keys it does not declare, which may
   be on either node until the migration ends, so a script waits as for
   TRYAGAIN below until the slot has moved (then MOVED sends it on);
 - TRYAGAIN, CLUSTERDOWN, READONLY, MASTERDOWN: a failover or a migration is
   under way: tried again after 50, 100, 200... ms while the command's time
   ([redis] timeout) lasts, then RedisUnavailable (503);
-- NOSCRIPT (a promoted replica has no scripts): scripts.Script sends EVAL.
+- NOSCRIPT (a promoted replica has no scripts): scripts.Script sends EVAL;
+  "Function not found" (a new node): scripts.Functions sends the script
+  and loads the library on every master.
 
 A node that does not answer gives RedisUnavailable within its pool's
 bounds (timeout + 1 s), as a single Redis does, and makes the map be read
@@ -44,7 +46,7 @@ from sharqd.redis.connection import KEEPALIVE_SECONDS, RedisRefused, RedisServic
 SLOTS = 16384
 REFRESH_SECONDS = 5.0
 RETRIES = 12  # of TRYAGAIN and the like, within [redis] timeout
-_SCRIPTS = (b"EVAL", b"EVALSHA")
+_SCRIPTS = (b"EVAL", b"EVALSHA", b"FCALL", b"FCALL_RO")
 # errors that mean "the cluster is changing": retry after a short pause
 _RETRY = ("TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN", "LOADING")
 
@@ -63,12 +65,14 @@ def key_slot(key):
 
 
 def command_key(command):
-    """The key a command names, for routing: EVAL/EVALSHA's first key,
-    otherwise the first argument; None for a command without one."""
+    """The key a command names, for routing: a script's first key (EVAL,
+    EVALSHA, FCALL), otherwise the first argument; None for a command
+    without one."""
     name = command[0].upper() if isinstance(command[0], bytes) else command[0].upper().encode()
-    if name in (b"EVALSHA", b"EVAL"):
+    if name in _SCRIPTS:
         return command[3] if int(command[2]) > 0 else None
-    if name in (b"PING", b"WAIT", b"SCAN", b"CLUSTER", b"INFO", b"SCRIPT", b"PUBLISH"):
+    if name in (b"PING", b"WAIT", b"SCAN", b"CLUSTER", b"INFO", b"SCRIPT", b"FUNCTION",
+                b"PUBLISH"):
         return None
     return command[1] if len(command) > 1 else None
 
@@ -288,7 +292,7 @@ class ClusterService(Service):
             self._redirect, slot, command, 0, None, address, False)
 
     def _slot(self, command):
-        if command[0] == b"EVALSHA" and command[2]:
+        if command[0] in (b"FCALL", b"EVALSHA") and command[2]:
             key = command[3]
         else:
             key = command_key(command)
