@@ -1,4 +1,4 @@
-.PHONY: run test bench bench-sidebyside-wrk bench-extensions bench-observability soak bench-instructions bench-policy bench-cluster deb deb-check
+.PHONY: run test bench bench-sidebyside-wrk bench-extensions bench-observability soak bench-instructions bench-redis-instructions bench-policy bench-cluster deb deb-check
 
 # Set up and run sharqd against a local redis-server (see README).
 run:
@@ -60,6 +60,12 @@ bench-sidebyside-wrk:
 bench-instructions:
 	./scripts/setup.sh valgrind
 	.venv/bin/python bench/instructions.py --twistd .venv/bin/twistd
+
+# Redis instructions per enqueue/dequeue/finish script call, redis-server
+# under callgrind: before/after comparisons of the Lua scripts.
+bench-redis-instructions:
+	./scripts/setup.sh valgrind
+	.venv/bin/python bench/script_cost.py --callgrind --n 4000 --queues 200
 
 # Soak (not in CI): 10 minutes of mixed load at about half of capacity,
 # memory sampled every 10 s; writes bench/RESULTS-soak.md.

@@ -258,6 +258,27 @@ class DueIndexTests(TestCase):
         self.assertEqual(await service.run_pass(), 0)
         self.assertEqual(order, ["sms"])
 
+    async def test_stream_of_a_type_without_active_jobs_goes(self):
+        """When a type's last active job is finished, its next requeue pass
+        drops the type's stream of active jobs (a placeholder entry and
+        deleted ones), and a later dequeue starts it afresh."""
+        stream = f"{self.q.prefix}:{{sms}}:activejobs"
+        await self.put("a")
+        await self.q.dequeue("sms")
+        await self.q.finish("sms", "q1", "a")
+        self.clock.advance(1.001)
+        service = self.service()
+        await service.run_pass()
+        self.assertEqual(await self.q.execute(b"EXISTS", stream), 0)
+        await self.put("b")
+        await self.q.dequeue("sms")
+        entries = await self.q.execute(b"XRANGE", stream, b"-", b"+")
+        self.assertEqual([entry[0] for entry in entries][:1], [b"0-1"])
+        self.assertEqual(len(entries), 2)
+        self.clock.advance(1.001)
+        self.assertEqual(await service.run_pass(), 1)  # b comes back
+        self.assertEqual(await self.pending(), 1)
+
     async def test_idle_types_cost_no_script_calls(self):
         """When many types are registered with pending jobs and none is
         active, a pass runs one script (the read of the due types), however

@@ -6,12 +6,27 @@
 -- ARGV[5..] arguments of the operation
 local BASE, GLOBAL, QTYPE = ARGV[1], ARGV[2], ARGV[3]
 
+-- The time in epoch ms as text, from TIME's seconds and microseconds
+-- without arithmetic: what is stored or sent as the time (since, last,
+-- lease ids, ...) is this text.  A Lua number becomes text through
+-- sprintf ("%.14g" in Lua, "%.17g" when passed to redis.call): 2,000 to
+-- 4,000 instructions each, a third of a small command.
 local function redis_now()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local ms = string.sub(t[2], 1, -4)  -- whole milliseconds, 0 to 3 digits
+  return t[1] .. string.sub('00' .. (ms == '' and '0' or ms), -3)
 end
-local NOW = tonumber(ARGV[4]) or redis_now()
+local NOW_TEXT = ARGV[4] ~= '' and ARGV[4] or redis_now()
+local NOW = tonumber(NOW_TEXT)
 local MINUTE = NOW - NOW % 60000
+local MINUTE_TEXT = string.format('%d', MINUTE)
+
+-- A whole number as text for redis.call: cheaper than the "%.17g" Redis
+-- formats a number argument with, and nothing for 1, the usual count.
+local function digits(n)
+  if n == 1 then return '1' end
+  return string.format('%d', n)
+end
 
 -- keys of the queue type (all share the hash tag of BASE)
 local K_READY = BASE .. ':ready'          -- zset queue_id -> ready time (queues with pending jobs)
@@ -22,15 +37,16 @@ local K_TOTALS = BASE .. ':totals'        -- hash kind -> events of the type sin
 -- Add n events of a kind to the type's totals (GET /prometheus): one
 -- HINCRBY, in the type's own hash slot.
 local function add_total(kind, n)
-  if n > 0 then redis.call('HINCRBY', K_TOTALS, kind, n) end
+  if n > 0 then redis.call('HINCRBY', K_TOTALS, kind, digits(n)) end
 end
 
 -- Count n events of a kind for all queues of the type together, in this
--- minute's counters (the finish counts of GET /metrics/, which adds up the
--- types: each type counts in its own slot).
+-- minute's counters (GET /metrics/ adds up the types: each type counts in
+-- its own slot); a counter's expiry is set when its minute starts (the
+-- increment that made it n), not on every event.
 local function count_all(kind, n)
-  local g = BASE .. ':counts:' .. MINUTE
-  if redis.call('HINCRBY', g, kind, n) == n then redis.call('PEXPIRE', g, 660000) end
+  local g = BASE .. ':counts:' .. MINUTE_TEXT
+  if redis.call('HINCRBY', g, kind, digits(n)) == n then redis.call('PEXPIRE', g, '660000') end
 end
 
 -- The totals of a batch enqueue's answer {code, length, ...}.
@@ -67,6 +83,21 @@ local function k_meta(qid) return BASE .. ':meta:' .. qid end
 local function k_jobs(qid) return BASE .. ':jobs:' .. qid end
 local K_ACTIVE_JOBS = BASE .. ':activejobs'
 
+-- Store an active job's "<job>" in the stream; returns its entry id.  A
+-- new stream starts with a placeholder entry, id 0-1, that no job ever
+-- has: jobs finish about in the order they were handed out, so without
+-- it XDEL would delete the stream's first entry nearly every time, and
+-- Redis then walks over every deleted entry of the first node (up to 100)
+-- to find the new first one: a third of a finish's Redis time.  The
+-- requeue pass drops the stream when the type has no active job (see
+-- requeue.lua), so the placeholder's node does not outlive the activity.
+local function add_active(job)
+  local id = redis.call('XADD', K_ACTIVE_JOBS, 'NOMKSTREAM', '*', 'j', job)
+  if id then return id end
+  redis.call('XADD', K_ACTIVE_JOBS, '0-1', 'j', '')
+  return redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
+end
+
 -- "<word> <rest>" -> word, rest
 local function cut(text)
   local i = string.find(text, ' ', 1, true)
@@ -100,48 +131,52 @@ local KEEP_LAST_MS = 3600000
 -- ten small fields, from its first event on, and no key per minute.
 -- SLOT_SEEN[qid] holds this minute's slot as read along with other fields
 -- (false: not there), so that counting costs no read of its own.
-local SLOT = 'c' .. (MINUTE / 60000) % 10
+local SLOT = 'c' .. string.char(48 + (MINUTE / 60000) % 10)  -- "c0" .. "c9"
 local SLOT_SEEN = {}
-local KIND_INDEX = {enqueued = 1, dequeued = 2, dead = 3}
+
+-- This minute's slot of a queue's counts with n more events of a kind
+-- (enqueued, dequeued, dead): the text to store under SLOT.  Only the
+-- count that moves is turned into a number and back.
+local function next_slot(qid, kind, n)
+  local slot = SLOT_SEEN[qid]
+  if slot == nil then slot = redis.call('HGET', k_meta(qid), SLOT) end
+  local e, d, x = '0', '0', '0'
+  if slot then
+    local at, se, sd, sx = string.match(slot, '^(%d+) (%d+) (%d+) (%d+)$')
+    if at == MINUTE_TEXT then e, d, x = se, sd, sx end
+  end
+  if kind == 'enqueued' then
+    e = digits(tonumber(e) + n)
+  elseif kind == 'dequeued' then
+    d = digits(tonumber(d) + n)
+  else
+    x = digits(tonumber(x) + n)
+  end
+  slot = MINUTE_TEXT .. ' ' .. e .. ' ' .. d .. ' ' .. x
+  SLOT_SEEN[qid] = slot
+  return slot
+end
 
 local function count_queue(qid, kind, n)
-  local meta = k_meta(qid)
-  local c = {0, 0, 0}
-  local slot = SLOT_SEEN[qid]
-  if slot == nil then slot = redis.call('HGET', meta, SLOT) end
-  if slot then
-    local at, e, d, x = string.match(slot, '^(%d+) (%d+) (%d+) (%d+)$')
-    if tonumber(at) == MINUTE then c = {tonumber(e), tonumber(d), tonumber(x)} end
-  end
-  local i = KIND_INDEX[kind]
-  c[i] = c[i] + n
-  slot = string.format('%d %d %d %d', MINUTE, c[1], c[2], c[3])
-  redis.call('HSET', meta, SLOT, slot)
-  SLOT_SEEN[qid] = slot
+  redis.call('HSET', k_meta(qid), SLOT, next_slot(qid, kind, n))
 end
 
 -- Count events of a kind (enqueued, dequeued, dead) per queue (tally[qid]
--- = n) and for the type, in this minute's counters (the type's in its own
--- slot: GET /metrics/ adds the types up); a type counter's expiry is set
--- when its minute starts (the increment that made it n), not on every
--- event.  Batches add up their tally first, so one call counts them all.
+-- = n) and for the type (count_all).  Batches add up their tally first,
+-- so one call counts them all.
 local function count_tally(kind, tally)
   local total = 0
   for qid, n in pairs(tally) do
     count_queue(qid, kind, n)
     total = total + n
   end
-  if total > 0 then
-    local g = BASE .. ':counts:' .. MINUTE
-    if redis.call('HINCRBY', g, kind, total) == total then
-      redis.call('PEXPIRE', g, 660000)
-    end
-  end
+  if total > 0 then count_all(kind, total) end
 end
 
 -- Count one event of a kind for a queue.
 local function count(kind, qid)
-  count_tally(kind, {[qid] = 1})
+  count_queue(qid, kind, 1)
+  count_all(kind, 1)
 end
 
 -- ---- shared by the long-poll, batch, dead-letter and lease scripts
@@ -157,14 +192,14 @@ local CHANNEL = BASE .. ':ready'        -- pub/sub channel: the type became read
 local LOWERED = false
 local function set_ready(qid, at)
   if not LOWERED then
-    local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+    local head = redis.call('ZRANGE', K_READY, '0', '0', 'WITHSCORES')
     if #head == 0 or at < tonumber(head[2]) then LOWERED = true end
   end
-  redis.call('ZADD', K_READY, at, qid)
+  redis.call('ZADD', K_READY, digits(at), qid)
 end
 
 local function notify_ready()
-  if LOWERED then redis.call('PUBLISH', CHANNEL, NOW) end
+  if LOWERED then redis.call('PUBLISH', CHANNEL, NOW_TEXT) end
 end
 
 -- ---- rate policies (README "Rate policy")
@@ -179,27 +214,44 @@ local function as_policy(f, i, source)
           paused = f[i + 4] == '1', paused_set = f[i + 4] ~= false}
 end
 
-local TYPE_POLICY  -- read once per call
+-- Read once per call; the fields of a default policy only when the type
+-- has one (each field of an HMGET's reply costs Redis about 1,000
+-- instructions to hand to Lua, and most types have none).
+local TYPE_POLICY
 local function type_policy()
   if not TYPE_POLICY then
-    local f = redis.call('HMGET', K_TYPE_POLICY, 'set', 'rate', 'burst', 'max_active',
-                         'paused', 'type_paused')
-    TYPE_POLICY = as_policy(f, 1, f[1] and 'type' or 'interval')
-    TYPE_POLICY.type_paused = f[6] == '1'
+    local f = redis.call('HMGET', K_TYPE_POLICY, 'set', 'type_paused')
+    if f[1] then
+      TYPE_POLICY = as_policy(redis.call('HMGET', K_TYPE_POLICY, 'set', 'rate', 'burst',
+                                         'max_active', 'paused'), 1, 'type')
+    else
+      TYPE_POLICY = {source = 'interval', burst = 1, paused = false, paused_set = false}
+    end
+    TYPE_POLICY.type_paused = f[2] == '1'
   end
   return TYPE_POLICY
 end
 
+-- A queue's meta fields.  The GCRA state (marked by anchor) and the
+-- queue's own policy (marked by p) are read only when their mark is
+-- there: a field an HMGET asks for and the hash lacks costs a scan of the
+-- whole hash, and most queues have neither.
 local function read_meta(qid)
-  local m = redis.call('HMGET', k_meta(qid), 'interval', 'last', 'since', 'hold',
-                       'anchor', 'n', 'grate', 'held', 'p', 'rate', 'burst', 'max_active',
-                       'paused', 'active', SLOT)
-  SLOT_SEEN[qid] = m[15]
-  return {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
-          hold = tonumber(m[4]), anchor = tonumber(m[5]), n = tonumber(m[6]),
-          grate = tonumber(m[7]), held = m[8],
-          own = m[9] and as_policy(m, 9, 'queue'),
-          active = math.max(0, tonumber(m[14]) or 0)}
+  local meta = k_meta(qid)
+  local m = redis.call('HMGET', meta, 'interval', 'last', 'since', 'hold', 'held', 'active',
+                       SLOT, 'p', 'anchor')
+  SLOT_SEEN[qid] = m[7]
+  local r = {interval = tonumber(m[1]) or 0, last = tonumber(m[2]), since = tonumber(m[3]),
+             hold = tonumber(m[4]), held = m[5], active = math.max(0, tonumber(m[6]) or 0)}
+  if m[8] then
+    r.own = as_policy(redis.call('HMGET', meta, 'p', 'rate', 'burst', 'max_active', 'paused'),
+                      1, 'queue')
+  end
+  if m[9] then
+    local g = redis.call('HMGET', meta, 'n', 'grate')
+    r.anchor, r.n, r.grate = tonumber(m[9]), tonumber(g[1]), tonumber(g[2])
+  end
+  return r
 end
 
 -- The policy in force for a queue (m from read_meta), field by field: the
@@ -297,7 +349,7 @@ local function place(qid, m, quiet)
   if m.held then redis.call('HDEL', k_meta(qid), 'held') end
   m.held = nil
   if quiet then
-    redis.call('ZADD', K_READY, ready_at(m, pol), qid)
+    redis.call('ZADD', K_READY, digits(ready_at(m, pol)), qid)
   else
     set_ready(qid, ready_at(m, pol))
   end
@@ -326,13 +378,13 @@ local function expire_meta(qid, m)
   local hold = m.last + m.interval
   if pol.rate then hold = gcra_ready(m, pol) end
   redis.call('HDEL', meta, 'override', 'since', 'held', 'active')
-  redis.call('HSET', meta, 'hold', hold)
+  redis.call('HSET', meta, 'hold', digits(hold))
   if m.own then return end
   local keep = math.max(hold - NOW, KEEP_LAST_MS)
   if m.anchor then  -- keep the TAT as long as it matters
     keep = math.max(keep, math.ceil(m.anchor + m.n * 1000 / m.grate) - NOW)
   end
-  redis.call('PEXPIRE', meta, keep)
+  redis.call('PEXPIRE', meta, digits(keep))
 end
 
 -- Drop a queue that has neither pending nor active jobs.  Its interval
@@ -348,7 +400,7 @@ end
 -- Milliseconds until the type's earliest ready queue is ready, or -1 when
 -- the type has no pending job.
 local function next_ready_in()
-  local head = redis.call('ZRANGE', K_READY, 0, 0, 'WITHSCORES')
+  local head = redis.call('ZRANGE', K_READY, '0', '0', 'WITHSCORES')
   if #head == 0 then return -1 end
   return math.max(0, tonumber(head[2]) - NOW)
 end
@@ -368,14 +420,18 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
   if redis.call('HSETNX', jobs, jid, '') == 0 then return 409, 0 end
   local length = redis.call('RPUSH', pending,
                             jid .. ' ' .. limit .. ' ' .. limit .. ' ' .. payload) - 1
-  local m = redis.call('HMGET', meta, 'override', 'interval', SLOT)
-  SLOT_SEEN[qid] = m[3]
+  -- override is read only when the interval given is not the queue's (an
+  -- override is never without its interval): a field the hash lacks (the
+  -- usual case) costs a scan of the whole hash
+  local m = redis.call('HMGET', meta, 'interval', SLOT)
+  local stored = m[1]
+  SLOT_SEEN[qid] = m[2]
   if interval == '' then
-    interval = m[2] or '0'
-  elseif m[1] == '1' then
-    interval = m[2]  -- set with /interval/: it sticks (R6)
+    interval = stored or '0'
+  elseif stored and interval ~= stored and redis.call('HGET', meta, 'override') == '1' then
+    interval = stored  -- set with /interval/: it sticks (R6)
   end
-  local changed = interval ~= m[2]
+  local changed = interval ~= stored
   if changed then redis.call('HSET', meta, 'interval', interval) end
   -- a queue with pending jobs is known, has no expiry and keeps its ready
   -- time unless its interval changed: only then is there more to do
@@ -383,7 +439,7 @@ local function enqueue_job(qid, jid, interval, payload, limit, max_length)
     redis.call('PERSIST', meta)
     redis.call('SADD', K_QUEUES, qid)
     redis.call('HSETNX', K_TOTALS, 'layout', '2')  -- born in today's layout (migrate.lua)
-    redis.call('HSET', meta, 'since', NOW)
+    redis.call('HSET', meta, 'since', NOW_TEXT)
   end
   if length == 0 or changed then place(qid) end
   return 201, length + 1
@@ -400,10 +456,10 @@ local K_INDEXED = BASE .. ':indexed'
 local DUE_MARK = false
 local INDEXED  -- read once per call
 local function set_deadline(member, at)
-  redis.call('ZADD', K_DEADLINES, at, member)
+  redis.call('ZADD', K_DEADLINES, digits(at), member)
   if INDEXED == nil then INDEXED = tonumber(redis.call('GET', K_INDEXED)) or false end
   if INDEXED and at >= INDEXED then return end
-  redis.call('SET', K_INDEXED, at)
+  redis.call('SET', K_INDEXED, digits(at))
   INDEXED, DUE_MARK = at, at
 end
 
@@ -413,10 +469,11 @@ end
 -- held); it is put in its place and the next one looked at.  The loop is
 -- bounded so that a damaged store cannot block Redis.
 -- Returns nil, or queue_id, job_id, payload, requeues_remaining, pending
--- left, lease id.  The dequeue is counted in tally (see count_tally).
-local function take_one(lease, tally)
+-- left, lease id.  The dequeue is counted for the queue, not for the type
+-- (count_all: the caller counts its dequeues at once).
+local function take_one(lease)
   for _ = 1, 20 do
-    local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW, 'LIMIT', 0, 1)
+    local head = redis.call('ZRANGEBYSCORE', K_READY, '-inf', NOW_TEXT, 'LIMIT', '0', '1')
     if #head == 0 then return nil end
     local qid = head[1]
     local m = read_meta(qid)
@@ -430,8 +487,7 @@ local function take_one(lease, tally)
         redis.call('ZREM', K_READY, qid)
       else
         local jid, job = cut(text)
-        local budget, rest = cut(job)
-        local _, payload = cut(rest)
+        local budget, payload = string.match(job, '^(%S+) %S+ (.*)$')
         local meta = k_meta(qid)
         if pol.rate then
           gcra_take(meta, m, pol)
@@ -441,12 +497,14 @@ local function take_one(lease, tally)
         end
         -- a job is handed out at most once a millisecond (a lease is at
         -- least 1 ms): the time names the hand-out
-        local lease_id = tostring(NOW)
+        local lease_id = NOW_TEXT
         -- a "hold" left from a queue that disappeared is now in the past
         -- (this dequeue waited for it), so it no longer counts: no HDEL
         m.last, m.active = NOW, m.active + 1
-        local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
-        redis.call('HSET', meta, 'last', NOW, 'active', m.active)
+        local id = add_active(job)
+        -- the queue's count of dequeues goes with the same HSET
+        redis.call('HSET', meta, 'last', NOW_TEXT, 'active', digits(m.active),
+                   SLOT, next_slot(qid, 'dequeued', 1))
         redis.call('HSET', k_jobs(qid), jid, lease_id .. ' ' .. id)
         local left = redis.call('LLEN', pending)
         if left > 0 then
@@ -456,7 +514,6 @@ local function take_one(lease, tally)
           redis.call('HDEL', meta, 'since')
         end
         set_deadline(qid .. ':' .. jid, NOW + lease)
-        tally[qid] = (tally[qid] or 0) + 1
         return qid, jid, payload, budget, left, lease_id
       end
     end
@@ -488,7 +545,7 @@ local function finish_job(qid, jid, lease_id)
   redis.call('XDEL', K_ACTIVE_JOBS, id)
   local meta = k_meta(qid)
   redis.call('HDEL', k_jobs(qid), jid)
-  local active = redis.call('HINCRBY', meta, 'active', -1)
+  local active = redis.call('HINCRBY', meta, 'active', '-1')
   if redis.call('HEXISTS', meta, 'held') == 1 then place(qid) end
   if active <= 0 then forget_if_empty(qid) end
   return 1

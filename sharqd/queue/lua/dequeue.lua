@@ -4,9 +4,8 @@
 -- and, when the type's deadline bound went down, the new bound (see
 -- set_deadline)
 if type_policy().type_paused then return -1 end
-local tally = {}
-local qid, jid, payload, budget, left, lease_id = take_one(tonumber(ARGV[5]), tally)
+local qid, jid, payload, budget, left, lease_id = take_one(tonumber(ARGV[5]))
 if not qid then return nil end
-count('dequeued', qid)
+count_all('dequeued', 1)
 add_total('dequeued', 1)
 return {qid, jid, payload, budget, left, lease_id, DUE_MARK or nil}

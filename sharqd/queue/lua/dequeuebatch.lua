@@ -9,16 +9,16 @@
 -- new bound (see set_deadline)}
 if type_policy().type_paused then return {-2} end
 local lease, wanted = tonumber(ARGV[5]), tonumber(ARGV[6])
-local reply, tally, taken = {0}, {}, 0
+local reply, taken = {0}, 0
 for _ = 1, wanted do
-  local qid, jid, payload, budget, left, lease_id = take_one(lease, tally)
+  local qid, jid, payload, budget, left, lease_id = take_one(lease)
   if not qid then break end
   taken = taken + 1
   local n = #reply
   reply[n + 1], reply[n + 2], reply[n + 3], reply[n + 4], reply[n + 5], reply[n + 6] =
     qid, jid, payload, budget, left, lease_id
 end
-count_tally('dequeued', tally)
+if taken > 0 then count_all('dequeued', taken) end
 add_total('dequeued', taken)
 reply[1] = next_ready_in()
 if DUE_MARK then reply[#reply + 1] = DUE_MARK end

@@ -40,7 +40,7 @@ for _, jid in ipairs(redis.call('SMEMBERS', actives)) do
   local job = old_job(jid)
   if job then
     local lease = redis.call('HGET', budgets, 'lease:' .. jid) or '0'
-    local id = redis.call('XADD', K_ACTIVE_JOBS, '*', 'j', job)
+    local id = add_active(job)
     redis.call('HSET', jobs, jid, lease .. ' ' .. id)
     active = active + 1
   end

@@ -75,6 +75,6 @@ elseif op == 'pause' then
 else
   if redis.call('HDEL', K_TYPE_POLICY, 'type_paused') == 0 then return 0 end
   -- waiters kept waiting while the type was paused: wake them
-  redis.call('PUBLISH', CHANNEL, NOW)
+  redis.call('PUBLISH', CHANNEL, NOW_TEXT)
   return 1
 end

@@ -4,7 +4,7 @@
 -- Returns {requeued, dead, examined, the type's earliest deadline now or -1
 -- when it has no active job}: the bound the pass settles in the index of
 -- due types (see set_deadline).
-local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW, 'LIMIT', 0, tonumber(ARGV[5]))
+local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', NOW_TEXT, 'LIMIT', '0', ARGV[5])
 local dead_limit = tonumber(ARGV[6]) or 10000
 local requeued, discarded = 0, 0
 -- latest deadline first, so that the job dequeued first ends at the front
@@ -22,7 +22,7 @@ for i = #due, 1, -1 do
     local budget_text, rest = cut(job)
     local limit, payload = cut(rest)
     local budget = tonumber(budget_text)
-    redis.call('HINCRBY', meta, 'active', -1)
+    redis.call('HINCRBY', meta, 'active', '-1')
     if budget == 0 then
       if dead_limit > 0 then
         local interval = tonumber(redis.call('HGET', meta, 'interval')) or 0
@@ -49,14 +49,14 @@ for i = #due, 1, -1 do
       redis.call('HSET', jobs, jid, '')
       local text = jid .. ' ' .. budget .. ' ' .. limit .. ' ' .. payload
       if redis.call('LPUSH', k_pending(qid), text) == 1 then
-        redis.call('HSET', meta, 'since', NOW)
+        redis.call('HSET', meta, 'since', NOW_TEXT)
       end
       place(qid)
       requeued = requeued + 1
     end
   elseif value and value ~= '' then  -- its job is gone (a damaged store)
     redis.call('HDEL', jobs, jid)
-    redis.call('HINCRBY', meta, 'active', -1)
+    redis.call('HINCRBY', meta, 'active', '-1')
     forget_if_empty(qid)
   end
 end
@@ -65,9 +65,15 @@ add_total('requeued', requeued)
 add_total('dead_lettered', discarded)
 -- the index of due types will hold this bound once the pass settles it,
 -- or a lower one (the settle left out because a mark came meanwhile)
-local head = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
+local head = redis.call('ZRANGE', K_DEADLINES, '0', '0', 'WITHSCORES')
 if #head == 0 then
   redis.call('DEL', K_INDEXED)
+  -- no active job: the stream holds at most its placeholder (add_active)
+  -- and deleted entries; it goes, and starts afresh at the next dequeue
+  local left = redis.call('XRANGE', K_ACTIVE_JOBS, '-', '+', 'COUNT', '2')
+  if #left == 0 or (#left == 1 and left[1][1] == '0-1') then
+    redis.call('DEL', K_ACTIVE_JOBS)
+  end
   return {requeued, discarded, #due, -1}
 end
 redis.call('SET', K_INDEXED, head[2])
