@@ -417,12 +417,11 @@ class _Transport:
         self.transport.write(data)
 
     def writeSequence(self, data):
-        # a chunk of an answer without a Content-Length, in one piece
+        # a chunk of an answer without a Content-Length (Klein's routes)
         data = b"".join(data)
         if self.held:
-            # the first chunk of an answer without a Content-Length (Klein's
-            # routes): held too, for the last chunk that finish writes; sent
-            # by the next turn at the latest, should no more come
+            # the first chunk: held too, for the last chunk that finish
+            # writes; sent by the next turn at the latest, should none come
             self.held += data
             self.clock.callLater(0, self.flush)
         else:
