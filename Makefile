@@ -12,15 +12,18 @@ test:
 # tree's sharqd (workers 1 and 2) and writes bench/RESULTS.md; then runs
 # sharqd and the original SharQ Server side by side (bench/sidebyside.py,
 # which builds the original's venv in .venv-original/ when missing) and
-# adds that section to bench/RESULTS.md; then the long-poll burst (1,000
-# waiters); last, bench/floors.py puts every floor of issue 10 with its
-# measured value at the top of bench/RESULTS.md (figures: bench/RESULTS.json).
+# adds that section to bench/RESULTS.md; then both side by side under wrk
+# (bench/sidebyside_wrk.py, 3 runs: the "1/5 of the original's" floors);
+# then the long-poll burst (1,000 waiters); last, bench/floors.py puts
+# every floor of issue 10 with its measured value at the top of
+# bench/RESULTS.md (figures: bench/RESULTS.json).
 # `make bench BENCH_ARGS=--quick` for a smoke test.
 BENCH_ARGS ?=
 bench:
 	./scripts/setup.sh wrk
 	python3 bench/run.py --twistd $(CURDIR)/.venv/bin/twistd $(BENCH_ARGS)
 	python3 bench/sidebyside.py --twistd $(CURDIR)/.venv/bin/twistd $(filter --quick,$(BENCH_ARGS))
+	.venv/bin/python bench/sidebyside_wrk.py --twistd $(CURDIR)/.venv/bin/twistd --seconds 6 --runs 3 --save $(filter --quick,$(BENCH_ARGS))
 	.venv/bin/python bench/longpoll.py --only-burst --bursts 5 --save $(filter --quick,$(BENCH_ARGS))
 	python3 bench/floors.py
 

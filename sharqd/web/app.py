@@ -599,7 +599,8 @@ class _HotPath(Resource):
         parts = path.split(b"/")
         route = self.routes.get((request.method, parts[1], len(parts)))
         values = parts[2:-1]
-        if route is None or parts[-1] or not all(values) or b"%" in path \
+        # (find, not `in`: see SharqRequest.process)
+        if route is None or parts[-1] or not all(values) or path.find(b"%") >= 0 \
                 or not path.isascii():
             return self.klein.render(request)
         handler, request.route = route

@@ -10,11 +10,15 @@ import json
 import os
 import resource
 import socket
+import tempfile
 import time
+from io import BytesIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -132,14 +136,15 @@ class SharqRequest(Request):
         if problem is not None:
             self.answer_failure(400, problem)
             return
-        # twisted.web's Request.process, but with the Date header formatted
-        # once a second, not per request; "*" is refused above and none of
-        # sharqd's resources encodes its answers (no EncodingResourceWrapper)
-        self.setHeader(b"Server", SERVER_VERSION)
-        self.setHeader(b"Date", site.http_date())
+        # twisted.web's Request.process, but without the Server and Date
+        # headers (SharqChannel.writeHeaders writes them); "*" is refused
+        # above and none of sharqd's resources encodes its answers (no
+        # EncodingResourceWrapper)
         self.prepath = []
         self.postpath = self.path[1:].split(b"/")
-        if b"%" in self.path:  # else unquoting changes nothing
+        # find, not `in`: a bytes `in` first tries its operand as an integer
+        # and raises and clears a TypeError inside, on every call
+        if self.path.find(b"%") >= 0:  # else unquoting changes nothing
             self.postpath = list(map(unquote_to_bytes, self.postpath))
         try:
             self.render(site.getResourceFor(self))
@@ -173,7 +178,7 @@ class SharqRequest(Request):
         path = self.path
         if not path.startswith(b"/"):
             return "The request target must be a path starting with `/`."
-        if not path.isascii() or b"%" in path:
+        if not path.isascii() or path.find(b"%") >= 0:
             try:
                 unquote_to_bytes(path).decode("utf-8")
             except UnicodeDecodeError:
@@ -267,7 +272,20 @@ class SharqChannel(HTTPChannel):
         self._body_since = None
         super().allContentReceived()
 
+    def writeHeaders(self, version, code, reason, headers):
+        """twisted.web's, with the Server and Date lines every answer
+        carries written here rather than set on each request (two header
+        sets and their checks per request); held by the transport, to go
+        out with the body."""
+        lines = [version, b" ", code, b" ", reason, b"\r\n", self.site.common_lines()]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines.extend((name, b": ", value, b"\r\n"))
+        lines.append(b"\r\n")
+        self.transport.held = b"".join(lines)
+
     def requestDone(self, request):
+        self.transport.flush()  # an answer without a body
         self._headers_done = False  # the next request has its own clock
         self._active = self.site.reactor.seconds()
         super().requestDone(request)
@@ -316,7 +334,7 @@ class SharqChannel(HTTPChannel):
         return self._peer
 
     def makeConnection(self, transport):
-        super().makeConnection(_JSONBadRequest(transport))
+        super().makeConnection(_Transport(transport, self.site.reactor))
 
     def lineLengthExceeded(self, line):
         # LineReceiver would hang up without a word
@@ -353,33 +371,76 @@ class AdmittingChannel(SharqChannel):
             request.target, _, request.target_version = rest.rpartition(b" ")
 
 
-class _JSONBadRequest:
-    """The transport of a SharqChannel: sends twisted.web's bare 400 (a
-    malformed request line, header or chunked body) as JSON; everything
-    else goes to the connection unchanged.  It provides what the
-    connection provides, with the methods of ITCPTransport, IPushProducer,
-    ISystemHandle and ISSLTransport written out: a __getattr__ fallback (as
-    in ProtocolWrapper) would slow down every write."""
+class _Transport:
+    """The transport of a SharqChannel, around the connection's own:
 
-    def __init__(self, transport):
+    - an answer goes out in one piece, at once: its status line and
+      headers are held (SharqChannel.writeHeaders) and sent with its body,
+      on the connection's socket (ISystemHandle) while nothing waits in the
+      transport's buffer.  The transport's write only buffers until the
+      reactor's next turn finds the socket writable, which costs that turn
+      and two epoll_ctl calls per answer.  TLS encrypts in its own
+      transport: its answers go through it, still in one piece.
+    - twisted.web's bare 400 (a malformed request line, header or chunked
+      body) goes out as JSON.
+
+    It provides what the connection provides, with the methods of
+    ITCPTransport, IPushProducer, ISystemHandle and ISSLTransport written
+    out: a __getattr__ fallback (as in ProtocolWrapper) would slow down
+    every write."""
+
+    held = b""  # the start of an answer, until the rest of it
+
+    def __init__(self, transport, clock):
         directlyProvides(self, providedBy(transport))
         self.transport = transport
+        self.clock = clock
+        self.socket = _socket_of(transport)
 
     def write(self, data):
-        self.transport.write(_JSON_400 if data == _BARE_400 else data)
+        if data == _BARE_400:
+            data = _JSON_400
+        if self.held:
+            data, self.held = self.held + data, b""
+        sock = self.socket
+        if sock is not None and not self.transport.disconnecting:
+            try:
+                sent = sock.send(data)
+            except OSError:  # full (EAGAIN) or failing: the transport sees to it
+                sent = 0
+            if sent == len(data):
+                return
+            # the rest, and everything after it on this connection, through
+            # the transport's buffer, in order
+            self.socket = None
+            data = data[sent:]
+        self.transport.write(data)
 
     def writeSequence(self, data):
-        # one piece, not a type check and a buffer entry for each of the
-        # ~30 pieces of an answer's status line and headers
-        self.transport.write(b"".join(data))
+        # a chunk of an answer without a Content-Length (Klein's routes)
+        data = b"".join(data)
+        if self.held:
+            # the first chunk: held too, for the last chunk that finish
+            # writes; sent by the next turn at the latest, should none come
+            self.held += data
+            self.clock.callLater(0, self.flush)
+        else:
+            self.write(data)
+
+    def flush(self):
+        """Send what is held (an answer without a body: HEAD, 204)."""
+        if self.held:
+            self.write(b"")
 
     def loseConnection(self):
+        self.flush()
         self.transport.loseConnection()
 
     def abortConnection(self):
         self.transport.abortConnection()
 
     def loseWriteConnection(self):
+        self.flush()
         self.transport.loseWriteConnection()
 
     def getPeer(self):
@@ -426,6 +487,14 @@ class _JSONBadRequest:
         return self.transport.disconnecting
 
 
+def _socket_of(transport):
+    """The socket of a plain TCP or UNIX connection, else None."""
+    if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
+        return None
+    handle = transport.getHandle()
+    return handle if isinstance(handle, socket.socket) else None
+
+
 class SharqSite(Site):
     requestFactory = SharqRequest
     protocol = SharqChannel  # plain HTTP/1.1: sharqd does not offer HTTP/2
@@ -465,7 +534,7 @@ class SharqSite(Site):
         self.access_log = None  # the open file, while the site listens
         self._log_second = None
         self._log_time = None
-        self._date_second = self._date = None
+        self._date_second = self._common_lines = None
         self.in_flight = 0
         self._idle_waiters = []
         # observe(request, seconds) is told of every answered request (metrics)
@@ -516,6 +585,14 @@ class SharqSite(Site):
             self.observe(request, time.monotonic() - request.began)
         self.ended()
 
+    def getContentFile(self, length):
+        """A file for a request's body, as twisted.web's default (memory
+        below 100,000 bytes).  twisted.web asks the site for this hook and
+        catches the AttributeError on every request when it has none."""
+        if length is not None and length < 100000:
+            return BytesIO()
+        return tempfile.TemporaryFile()
+
     def when_idle(self):
         """A Deferred that fires once no request is in flight."""
         if not self.in_flight:
@@ -524,13 +601,15 @@ class SharqSite(Site):
         self._idle_waiters.append(d)
         return d
 
-    def http_date(self):
-        """The Date header's value, formatted once a second."""
+    def common_lines(self):
+        """The Server and Date header lines of every answer, formatted
+        once a second."""
         second = int(time.time())
         if second != self._date_second:
             self._date_second = second
-            self._date = datetimeToString(second)
-        return self._date
+            self._common_lines = b"Server: %s\r\nDate: %s\r\n" % (
+                SERVER_VERSION, datetimeToString(second))
+        return self._common_lines
 
     # ---- the access log: our own file, opened with O_APPEND so logrotate
     # and several worker processes can share it, one write per line
