@@ -111,12 +111,12 @@ class SnapshotTests(_Scrapes):
         await self.scrape()
         await self.enqueue("b")
         self.clock.advance(8)
+        reads = self.queue.reads
         found = await self.scrape()
         self.assertEqual(found[("sharqd_jobs_pending", SMS)], 1)
         self.assertEqual(found[("sharqd_redis_figures_age_seconds", frozenset())], 8)
         # the types' names are read, then the first of 2 calls (2 types a
         # call) waits a gap of 6 s / 2
-        reads = self.queue.reads
         await self.waiting_on_clock()
         self.assertEqual(self.queue.reads - reads, 1)
         [call] = self.clock.getDelayedCalls()
