@@ -131,13 +131,13 @@ class CommandPool(TestCase):
         self.addCleanup(service.stopService)
         await wait_until(lambda: service.live)
         connection = service.live[0]
-        self.assertIsNotNone(connection.direct)  # a TCP socket
+        self.assertIsNotNone(connection.writer.direct)  # a TCP socket
         big = bytes(range(256)) * (64 << 12)  # 64 MiB
         replies = [service.execute(b"SET", b"big", big),
                    service.execute(b"INCR", b"n"), service.execute(b"GET", b"n")]
-        self.assertIsNone(connection.direct)  # the rest waits in the transport
+        self.assertIsNone(connection.writer.direct)  # the rest waits in the transport
         self.assertEqual(await gatherResults(replies), [b"OK", 1, b"1"])
-        self.assertIs(connection.direct, connection.socket)
+        self.assertIs(connection.writer.direct, connection.writer.socket)
         self.assertEqual(await service.execute(b"STRLEN", b"big"), len(big))
         self.assertEqual(await service.execute(b"GETRANGE", b"big", -3, -1),
                          big[-3:])

@@ -14,7 +14,6 @@ is found.
 """
 
 import random
-import socket
 from collections import deque
 from itertools import count
 
@@ -23,13 +22,13 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
-from twisted.internet.interfaces import ISystemHandle
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from sharqd.errors import RedisUnavailable
 from sharqd.redis.resp import encode_command
+from sharqd.sockets import DirectWriter
 
 KEEPALIVE_SECONDS = 10.0
 
@@ -78,12 +77,11 @@ class RedisConnection(txredisapi.RedisProtocol):
       a request's CPU), one Deferred per command in a deque, answered in
       order (Redis answers in order), and a reply count for the watchdog.
 
-    Commands are written on the transport's socket (ISystemHandle) while
+    Commands are written on the transport's socket (sharqd/sockets.py) while
     nothing waits in the transport's buffer (see send).
     """
 
-    socket = None  # the transport's socket, when it has one (connectionMade)
-    direct = None  # it, while commands may be sent on it directly
+    writer = None  # a DirectWriter on the transport (connectionMade)
 
     def __init__(self, link, on_message=None):
         super().__init__(charset=None, convertNumbers=False)
@@ -95,14 +93,10 @@ class RedisConnection(txredisapi.RedisProtocol):
         self.since = 0.0   # and since when
 
     def connectionMade(self):
-        # The socket under the transport (ISystemHandle), to send commands
-        # on at once: transport.write only buffers until the reactor's next
-        # turn finds the socket writable, which costs that turn and two
-        # epoll_ctl calls per command (a tenth of an enqueue's CPU).
-        handle = self.transport.getHandle() if ISystemHandle.providedBy(
-            self.transport) else None
-        self.socket = handle if isinstance(handle, socket.socket) else None
-        self.direct = self.socket
+        # commands go on the socket at once (sharqd/sockets.py): a tenth of
+        # an enqueue's CPU was the reactor turn and epoll_ctl calls of
+        # transport.write
+        self.writer = DirectWriter(self.transport)
         self.link.connected(self)
 
     def send(self, data):
@@ -111,20 +105,11 @@ class RedisConnection(txredisapi.RedisProtocol):
         if the connection is lost first."""
         d = Deferred()
         self.pending.append(d)
-        sock = self.direct
-        if sock is not None and not self.transport.disconnecting:
-            try:
-                sent = sock.send(data)
-            except OSError:  # full (EAGAIN) or failing: the transport sees to it
-                sent = 0
-            if sent == len(data):
-                return d
-            # the rest, and every command after it, through the transport's
-            # buffer, in order, until Redis has answered all of them (then
-            # the buffer is empty: Redis answers only what it received)
-            self.direct = None
-            data = data[sent:]
-        self.transport.write(data)
+        # once a command does not fit in the socket, it and every command
+        # after it wait in the transport's buffer until Redis has answered
+        # all of them (then the buffer is empty: Redis answers only what it
+        # received; see replyReceived)
+        self.writer.write(data)
         return d
 
     def replyReceived(self, reply):
@@ -138,8 +123,8 @@ class RedisConnection(txredisapi.RedisProtocol):
         except IndexError:  # a reply nobody asked for: out of step
             self.transport.abortConnection()
             return
-        if self.direct is None and not self.pending:
-            self.direct = self.socket  # every command sent is answered
+        if self.writer.direct is None and not self.pending:
+            self.writer.resume()  # every command sent is answered
         if isinstance(reply, Exception):
             d.errback(reply)
         else:

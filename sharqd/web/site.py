@@ -16,9 +16,7 @@ from io import BytesIO
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.service import Service
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -28,6 +26,8 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 from twisted.web.server import version as SERVER_VERSION
 from zope.interface import directlyProvides, providedBy
+
+from sharqd.sockets import DirectWriter
 
 DRAIN_SECONDS = 10  # how long a stopping server waits for in-flight requests
 FD_RESERVE = 256    # descriptors kept for Redis, logs and refused connections
@@ -395,26 +395,16 @@ class _Transport:
         directlyProvides(self, providedBy(transport))
         self.transport = transport
         self.clock = clock
-        self.socket = _socket_of(transport)
+        # once the socket takes part of an answer, the rest and everything
+        # after it on this connection go through the transport, in order
+        self.writer = DirectWriter(transport)
 
     def write(self, data):
         if data == _BARE_400:
             data = _JSON_400
         if self.held:
             data, self.held = self.held + data, b""
-        sock = self.socket
-        if sock is not None and not self.transport.disconnecting:
-            try:
-                sent = sock.send(data)
-            except OSError:  # full (EAGAIN) or failing: the transport sees to it
-                sent = 0
-            if sent == len(data):
-                return
-            # the rest, and everything after it on this connection, through
-            # the transport's buffer, in order
-            self.socket = None
-            data = data[sent:]
-        self.transport.write(data)
+        self.writer.write(data)
 
     def writeSequence(self, data):
         # a chunk of an answer without a Content-Length (Klein's routes)
@@ -485,14 +475,6 @@ class _Transport:
     @property
     def disconnecting(self):
         return self.transport.disconnecting
-
-
-def _socket_of(transport):
-    """The socket of a plain TCP or UNIX connection, else None."""
-    if not isinstance(transport, tcp.Connection) or ISSLTransport.providedBy(transport):
-        return None
-    handle = transport.getHandle()
-    return handle if isinstance(handle, socket.socket) else None
 
 
 class SharqSite(Site):
