@@ -4,17 +4,22 @@ The cost of a /prometheus scrape: a sharqd of this tree on a redis-server of
 its own, filled straight in Redis with QUEUES queues over TYPES queue types
 (one pending job each), then
 
-1. the time of a scrape (GET /prometheus) and of GET /queues/ (median of
-   `--scrapes`), and the longest single Redis call a scrape made (SLOWLOG);
+1. the time of a scrape (GET /prometheus, answered from the snapshot of the
+   figures), of GET /prometheus?fresh=1 (the figures read at once, as the
+   first scrape does) and of GET /queues/ (median of `--scrapes`), and the
+   longest single Redis call a scrape made (SLOWLOG);
 2. the latency of sequential enqueues over HTTP (keep-alive) without
-   scrapes, then while another process scrapes every `--every` seconds:
-   the enqueues that overlapped a scrape and those that did not;
-3. whether the enqueues that overlapped a scrape are within the noise of
-   the others: the p50 and p99 of the overlapping enqueues set against
-   those of `--resamples` sets of enqueues of the same run that overlapped
-   no scrape, each set taken over windows as long as the scrapes were
-   (placed at random in the gaps between scrapes).  "within noise" when
-   both lie under the 95th percentile of the resampled ones.  With
+   scrapes (the baseline), then as long again while another process
+   scrapes every `--every` seconds, in three groups: the enqueues that
+   overlapped a GET, those that overlapped the background read of the
+   figures that a scrape starts for the next one (its window is learnt
+   from the next scrape's sharqd_redis_figures_age_seconds and
+   sharqd_redis_figures_read_seconds), and the others;
+3. whether each of the first two groups is within the noise of the
+   baseline: its p50 and p99 set against those of `--resamples` sets of
+   baseline enqueues, each set gathered over windows as long and as many
+   as the group's (placed at random in the baseline run).  "within noise"
+   when both lie under the 95th percentile of the resampled ones.  With
    `--runs N` the enqueue phases are run N times on the same server.
 
 The scraping process runs at nice 19 (`--scraper-nice`): it stands in for
@@ -117,29 +122,36 @@ def timed_get(conn, path):
     return time.perf_counter() - started, body
 
 
-def enqueue_latencies(port, seconds, tag, in_flight=None):
-    """[(seconds, whether a scrape was in flight, start)] of sequential
-    enqueues (start on the monotonic clock, which every process shares)."""
+def enqueue_latencies(port, seconds, tag):
+    """[(seconds, start)] of sequential enqueues (start on the monotonic
+    clock, which every process shares)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     out, i = [], 0
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         i += 1
         body = json.dumps({"job_id": f"{tag}{i}", "interval": 0, "payload": {}})
-        before = in_flight is not None and in_flight.value
         at = time.monotonic()
         started = time.perf_counter()
         conn.request("POST", f"/enqueue/latency/q{i % 100}/", body=body)
         response = conn.getresponse()
         response.read()
-        took = time.perf_counter() - started
-        out.append((took, bool(before or (in_flight is not None and in_flight.value)), at))
+        out.append((time.perf_counter() - started, at))
     return out
 
 
-def scrape_loop(port, every, in_flight, stop, windows, nice):
-    """Scrape every `every` s until stop; then send the (start, end) of
-    each scrape, on the monotonic clock, through the pipe windows."""
+def gauge(body, name):
+    """The value of an unlabelled sample of an exposition, or None."""
+    at = body.find(b"\n" + name.encode() + b" ")
+    if at < 0:
+        return None
+    return float(body[at + len(name) + 2:body.index(b"\n", at + 1)])
+
+
+def scrape_loop(port, every, stop, windows, nice):
+    """Scrape every `every` s until stop; then send, on the monotonic
+    clock, the (start, end) of each GET and of each background read of
+    the figures that the scrapes showed, through the pipe windows."""
     # The scraper stands in for Prometheus, which runs on another host: at
     # nice 19 its own CPU (reading 700 kB in Python) does not take a core
     # from the enqueuer, sharqd or Redis on a small machine, which would
@@ -147,57 +159,78 @@ def scrape_loop(port, every, in_flight, stop, windows, nice):
     # that costs sharqd nothing
     os.nice(nice)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    spans = []
-    while not stop.is_set():
-        in_flight.value = 1
+    gets, reads = [], []
+    first = time.monotonic()  # reads that began before are not this run's
+
+    def scrape():
         started = time.monotonic()
-        timed_get(conn, "/prometheus")
-        spans.append((started, time.monotonic()))
-        in_flight.value = 0
+        _, body = timed_get(conn, "/prometheus")
+        age = gauge(body, "sharqd_redis_figures_age_seconds")
+        took = gauge(body, "sharqd_redis_figures_read_seconds")
+        # a read made in the background (not at once for this GET): its
+        # window, from when it began (age, measured as the GET came)
+        begun = None if age is None else started - age
+        if age is not None and age - took > 0.01 and begun > first and (
+                not reads or begun > reads[-1][0] + 0.05):  # a read seen twice
+            reads.append((begun, begun + took))
+        return started, time.monotonic()
+    while not stop.is_set():
+        gets.append(scrape())
         stop.wait(every)
-    windows.send(spans)
+    # once more, after the enqueues and the last read: its window
+    time.sleep(every)
+    scrape()
+    windows.send((gets, reads))
 
 
-def within_noise(busy, spans, resamples, seed=1):
-    """Set the p50 and p99 of the enqueues that overlapped a scrape against
-    those of sets of enqueues that overlapped none, each set gathered over
-    windows as long as the scrapes (as many, placed at random in the gaps
-    between them).  Returns the figures and the verdict."""
-    during = [t for t, overlapped, _ in busy if overlapped]
-    quiet = sorted((at, t) for t, overlapped, at in busy if not overlapped)
-    starts = [at for at, _ in quiet]
-    # the gaps between scrapes (and before the first, after the last), kept
-    # clear of them by the longest enqueue
-    margin = max(t for t, _, _ in busy)
-    edges = [(starts[0], starts[0])] + spans + [(starts[-1], starts[-1])]
-    gaps = [(a[1] + margin, b[0] - margin) for a, b in zip(edges, edges[1:])]
-    lengths = [end - start for start, end in spans]
+def split(latencies, spans):
+    """The enqueues (seconds, start) that overlapped one of the spans
+    (sorted (start, end) pairs, none overlapping another), and the others."""
+    ends = [e for _, e in spans]
+    inside, outside = [], []
+    for took, at in latencies:
+        i = bisect_left(ends, at)
+        hit = i < len(spans) and spans[i][0] <= at + took
+        (inside if hit else outside).append((took, at))
+    return inside, outside
+
+
+def within_noise(group, spans, baseline, resamples, seed=1):
+    """Set the p50 and p99 of a group of enqueues (the latencies of those
+    that overlapped spans) against those of sets of baseline enqueues
+    gathered over windows as long and as many as the spans, placed at
+    random in the baseline run.  Returns the figures and the verdict."""
+    baseline = sorted((at, took) for took, at in baseline)
+    starts = [at for at, _ in baseline]
+    margin = max(took for _, took in baseline)
+    first, last = starts[0], starts[-1]
     rng = random.Random(seed)
     p50s, p99s = [], []
     for _ in range(resamples):
         sample = []
-        for length in lengths:
-            fits = [(a, b) for a, b in gaps if b - a > length]
-            if not fits:
+        for start, end in spans:
+            length = end - start
+            if length >= last - first:
                 continue
-            a, b = rng.choices(fits, [b - a - length for a, b in fits])[0]
-            start = rng.uniform(a, b - length)
-            # enqueues that overlapped [start, start + length]
-            lo = bisect_left(starts, start - margin)
-            sample += [t for at, t in quiet[lo:bisect_left(starts, start + length)]
-                       if at + t >= start]
+            at = rng.uniform(first, last - length)
+            lo = bisect_left(starts, at - margin)
+            sample += [took for s, took in baseline[lo:bisect_left(starts, at + length)]
+                       if s + took >= at]
         if len(sample) >= 100:
             s = summary(sample)
             p50s.append(s["p50_ms"])
             p99s.append(s["p99_ms"])
-    d = summary(during)
+    d = summary(group)
+    if not p50s or d["n"] == 0:
+        return {"p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "n": d["n"],
+                "resamples": 0, "within_noise": None}
     p50s.sort()
     p99s.sort()
 
     def rank(value, values):  # share of resampled values below value
         return round(bisect_left(values, value) / len(values), 3)
     top = int(len(p50s) * 0.95)
-    result = {"during_p50_ms": d["p50_ms"], "during_p99_ms": d["p99_ms"],
+    result = {"p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "n": d["n"],
               "resampled_p50_ms_median_p95": [p50s[len(p50s) // 2], p50s[top]],
               "resampled_p99_ms_median_p95": [p99s[len(p99s) // 2], p99s[top]],
               "p50_rank": rank(d["p50_ms"], p50s), "p99_rank": rank(d["p99_ms"], p99s),
@@ -207,38 +240,60 @@ def within_noise(busy, spans, resamples, seed=1):
 
 
 def summary(latencies):
+    if not latencies:
+        return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
     ms = sorted(x * 1000 for x in latencies)
     return {"n": len(ms), "p50_ms": round(ms[len(ms) // 2], 3),
             "p99_ms": round(ms[int(len(ms) * 0.99)], 3), "max_ms": round(ms[-1], 3)}
 
 
 def enqueue_run(port, args, tag):
-    """Enqueues alone for args.seconds, then as long again while another
-    process scrapes every args.every s: their latencies, split."""
-    quiet = enqueue_latencies(port, args.seconds, tag + "a")
-    # scrapes from another process (every --every seconds; 0: back to
-    # back) while this one enqueues; each enqueue is marked by whether
-    # a scrape was in flight while it was
-    in_flight = multiprocessing.Value("i", 0)
+    """Enqueues alone for args.seconds (the baseline), then as long again
+    while another process scrapes every args.every s: their latencies, in
+    groups, each group's noise check against the baseline."""
+    baseline = enqueue_latencies(port, args.seconds, tag + "a")
     stop = multiprocessing.Event()
     receive, send = multiprocessing.Pipe(duplex=False)
     scraper = multiprocessing.Process(target=scrape_loop,
-                                      args=(port, args.every, in_flight, stop, send,
+                                      args=(port, args.every, stop, send,
                                             args.scraper_nice))
     scraper.start()
-    busy = enqueue_latencies(port, args.seconds, tag + "b", in_flight)
+    busy = enqueue_latencies(port, args.seconds, tag + "b")
     stop.set()
-    spans = receive.recv()
+    gets, reads = receive.recv()
     scraper.join()
-    return {
-        "scrapes": len(spans),
-        "scrape_s_median_under_load": round(statistics.median(b - a for a, b in spans), 3),
-        "enqueue_alone": summary([t for t, _, _ in quiet]),
-        "enqueue_during_scrapes": summary([t for t, overlapped, _ in busy if overlapped]),
-        "enqueue_between_scrapes": summary([t for t, overlapped, _ in busy if not overlapped]),
-        "enqueue_with_scrapes_all": summary([t for t, _, _ in busy]),
-        "noise": within_noise(busy, spans, args.resamples),
+    during_get, rest = split(busy, gets)
+    during_read, neither = split(rest, reads)
+    during_get = [t for t, _ in during_get]
+    during_read = [t for t, _ in during_read]
+    figures = {
+        "scrapes": len(gets),
+        "scrape_s_median_under_load": round(statistics.median(b - a for a, b in gets), 3),
+        "background_reads": len(reads),
+        "background_read_s_median": (round(statistics.median(b - a for a, b in reads), 3)
+                                     if reads else None),
+        "enqueue_baseline": summary([t for t, _ in baseline]),
+        "enqueue_during_get": summary(during_get),
+        "enqueue_during_background_read": summary(during_read),
+        "enqueue_during_neither": summary([t for t, _ in neither]),
+        "enqueue_with_scrapes_all": summary([t for t, _ in busy]),
+        "noise_get": within_noise(during_get, gets, baseline, args.resamples),
     }
+    if reads:
+        figures["noise_background_read"] = within_noise(during_read, reads, baseline,
+                                                        args.resamples)
+    return figures
+
+
+def noise_line(name, noise):
+    if noise["within_noise"] is None:
+        return f"  {name}: {noise['n']} enqueues, too few to compare"
+    return (f"  {name}: p50 {noise['p50_ms']} ms (rank {noise['p50_rank']}), "
+            f"p99 {noise['p99_ms']} ms (rank {noise['p99_rank']}), n {noise['n']}, against "
+            f"{noise['resamples']} resampled sets of baseline enqueues: p50 median/95th "
+            f"{noise['resampled_p50_ms_median_p95']}, p99 median/95th "
+            f"{noise['resampled_p99_ms_median_p95']} ms: "
+            + ("within noise" if noise["within_noise"] else "ABOVE noise"))
 
 
 def main():
@@ -265,52 +320,64 @@ def main():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         redis.client.call(b"CONFIG", b"SET", b"slowlog-log-slower-than", b"0")
         redis.client.call(b"SLOWLOG", b"RESET")
-        cpu = process_cpu(proc.pid)
+        # the first scrape reads the figures at once; the others answer
+        # from the snapshot (each starts the next background read)
+        first = timed_get(conn, "/prometheus")[0]
         scrapes = [timed_get(conn, "/prometheus") for _ in range(args.scrapes)]
-        cpu_per_scrape = (process_cpu(proc.pid) - cpu) / args.scrapes
+        # the figures read at once, as the first scrape of a process does
+        cpu = process_cpu(proc.pid)
+        fresh = [timed_get(conn, "/prometheus?fresh=1") for _ in range(args.scrapes)]
+        cpu_per_fresh = (process_cpu(proc.pid) - cpu) / args.scrapes
         log = redis.client.call(b"SLOWLOG", b"GET", b"-1")
         longest = max(int(entry[2]) for entry in log
                       if entry[3][0].upper() in (b"FCALL", b"EVALSHA", b"EVAL"))
         redis.client.call(b"CONFIG", b"SET", b"slowlog-log-slower-than", b"10000")
         queues = [timed_get(conn, "/queues/")[0] for _ in range(args.scrapes)]
-        text = scrapes[-1][1].decode()
+        text = fresh[-1][1].decode()
         pending = sum(float(line.split()[-1]) for line in text.splitlines()
                       if line.startswith("sharqd_jobs_pending{"))
         assert pending == args.queues // args.types * args.types, pending
 
         result = {
             "types": args.types, "queues": args.queues,
+            "first_scrape_s": round(first, 3),
             "scrape_s_median": round(statistics.median(s for s, _ in scrapes), 3),
             "scrape_s_max": round(max(s for s, _ in scrapes), 3),
+            "fresh_scrape_s_median": round(statistics.median(s for s, _ in fresh), 3),
+            "fresh_scrape_s_max": round(max(s for s, _ in fresh), 3),
             "queues_route_s_median": round(statistics.median(queues), 3),
             "longest_redis_call_us": longest,
-            "sharqd_cpu_s_per_scrape": round(cpu_per_scrape, 3),
+            "sharqd_cpu_s_per_fresh_scrape": round(cpu_per_fresh, 3),
             "scrape_bytes": len(scrapes[-1][1]),
             "scrape_every_s": args.every,
             "load_average": os.getloadavg()[0],
             "runs": [],
         }
-        print(f"{args.types} types, {args.queues} queues: scrape {result['scrape_s_median']} s "
-              f"(max {result['scrape_s_max']} s, {result['scrape_bytes']} bytes, "
-              f"{result['sharqd_cpu_s_per_scrape']} s of sharqd CPU), "
+        print(f"{args.types} types, {args.queues} queues: first scrape {first:.3f} s, "
+              f"scrape {result['scrape_s_median']} s (max {result['scrape_s_max']} s, "
+              f"{result['scrape_bytes']} bytes), ?fresh=1 {result['fresh_scrape_s_median']} s "
+              f"(max {result['fresh_scrape_s_max']} s, "
+              f"{result['sharqd_cpu_s_per_fresh_scrape']} s of sharqd CPU), "
               f"/queues/ {result['queues_route_s_median']} s, longest Redis call "
               f"{longest} µs; load average {result['load_average']:.2f}")
         for run in range(args.runs):
             figures = enqueue_run(port, args, f"r{run}")
             result["runs"].append(figures)
-            print(f"run {run + 1} of {args.runs}:")
-            for key in ("enqueue_alone", "enqueue_during_scrapes", "enqueue_between_scrapes",
+            print(f"run {run + 1} of {args.runs}: {figures['scrapes']} scrapes "
+                  f"({figures['scrape_s_median_under_load']} s), "
+                  f"{figures['background_reads']} background reads "
+                  f"({figures['background_read_s_median']} s)")
+            for key in ("enqueue_baseline", "enqueue_during_get",
+                        "enqueue_during_background_read", "enqueue_during_neither",
                         "enqueue_with_scrapes_all"):
                 print(f"  {key}: {figures[key]}")
-            noise = figures["noise"]
-            print(f"  during p50 {noise['during_p50_ms']} ms (rank {noise['p50_rank']}), "
-                  f"p99 {noise['during_p99_ms']} ms (rank {noise['p99_rank']}) against "
-                  f"{noise['resamples']} resampled sets of enqueues between scrapes: p50 "
-                  f"median/95th {noise['resampled_p50_ms_median_p95']}, p99 median/95th "
-                  f"{noise['resampled_p99_ms_median_p95']} ms: "
-                  + ("within noise" if noise["within_noise"] else "ABOVE noise"))
-        verdicts = [r["noise"]["within_noise"] for r in result["runs"]]
-        print(f"within noise in {sum(verdicts)} of {len(verdicts)} runs")
+            print(noise_line("during GET", figures["noise_get"]))
+            if "noise_background_read" in figures:
+                print(noise_line("during background read", figures["noise_background_read"]))
+        verdicts = [r[k]["within_noise"] for r in result["runs"]
+                    for k in ("noise_get", "noise_background_read")
+                    if k in r and r[k]["within_noise"] is not None]
+        print(f"within noise in {sum(verdicts)} of {len(verdicts)} checks")
         print(json.dumps(result))
     finally:
         if proc is not None:

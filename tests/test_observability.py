@@ -318,6 +318,31 @@ def test_prometheus_without_redis(tmp_path):
 
 
 @pytest.mark.slow
+def test_prometheus_snapshot_and_fresh(server):
+    """When the figures change after the first scrape (read at once), the
+    next scrape shows the snapshot with its age, ?fresh=1 the current
+    figures, and a bad `fresh` is a 400 in JSON."""
+    sms = frozenset({("queue_type", "sms")})
+    server.request("POST", "/enqueue/sms/u1/", {"job_id": "a", "interval": 0, "payload": {}})
+    first_sent = time.monotonic()
+    first = samples(get(server, "/prometheus")[2].decode())
+    first_answered = time.monotonic()
+    assert first[("sharqd_jobs_pending", sms)] == 1
+    server.request("POST", "/enqueue/sms/u1/", {"job_id": "b", "interval": 0, "payload": {}})
+    second_sent = time.monotonic()
+    found = samples(get(server, "/prometheus")[2].decode())
+    second_answered = time.monotonic()
+    assert found[("sharqd_jobs_pending", sms)] == 1
+    # read during the first scrape: as old as the time between the two
+    age = found[("sharqd_redis_figures_age_seconds", frozenset())]
+    assert second_sent - first_answered - 0.001 <= age <= second_answered - first_sent + 0.001
+    found = samples(get(server, "/prometheus?fresh=1")[2].decode())
+    assert found[("sharqd_jobs_pending", sms)] == 2
+    status, body, _ = server.request("GET", "/prometheus?fresh=yes")
+    assert status == 400 and body["message"] == "`fresh` has an invalid value."
+
+
+@pytest.mark.slow
 def test_prometheus_openmetrics_when_asked(server):
     """When the scraper asks for OpenMetrics, it gets that format."""
     _, content_type, body = get(server, "/prometheus",

@@ -68,16 +68,18 @@ class PiecesTests(SynchronousTestCase):
 
     def test_pieces_are_the_whole_encoding(self):
         """When a scrape is encoded in pieces of any size, in the text format
-        or OpenMetrics, with many types, none, or Redis down, the body is
-        byte for byte prometheus_client's encoding of all families at once."""
+        or OpenMetrics, with many types, none, or Redis down, with the
+        snapshot's age or without, the body is byte for byte
+        prometheus_client's encoding of all families at once."""
         own = process_families()
         for accept in ("", OPENMETRICS):
             encoder, content_type = choose_encoder(accept)
             for stats in (type_stats(300), type_stats(1), [], None):
-                whole = encoder(_Whole(queue_families(stats) + own))
-                for size in (1, 2, 7, 16, 100000):
-                    self.assertEqual(encode(stats, own, accept, size),
-                                     (content_type, whole), (accept, size))
+                for age in (None, (12.5, 3.25)):
+                    whole = encoder(_Whole(queue_families(stats, age) + own))
+                    for size in (1, 2, 7, 16, 100000):
+                        self.assertEqual(encode(stats, own, accept, size, age),
+                                         (content_type, whole), (accept, size))
 
     def test_render_lets_the_reactor_run_in_between(self):
         """When a scrape of 1,000 types is rendered, the reactor gets control
@@ -223,7 +225,7 @@ class ReadTests(SynchronousTestCase):
         exposition = Exposition(_Whole([]), clock)
         in_flight = [1]
         exposition.in_flight = lambda: in_flight[0]
-        result = exposition.read_stats(queue)
+        result = exposition.read_figures(queue)
         clock.advance(prometheus.BUSY_PAUSE * 0.9)
         self.assertEqual(queue.calls, [])  # busy: waits
         clock.advance(prometheus.BUSY_PAUSE * 0.1)
@@ -239,7 +241,7 @@ class ReadTests(SynchronousTestCase):
             queue.answer_first()
             clock.advance(0)
             self.assertLessEqual(len(queue.calls), 1)
-        self.assertEqual([s.queue_type for s in self.successResultOf(result)],
+        self.assertEqual([s.queue_type for s in self.successResultOf(result).stats],
                          queue.types)
 
     def test_a_turn_after_a_request_lets_the_reactor_send_first(self):
@@ -264,7 +266,7 @@ class ReadTests(SynchronousTestCase):
         figures of the one read."""
         clock, queue = Clock(), _Queue(["a", "b", "c"])
         exposition = Exposition(_Whole([]), clock)
-        first, second = exposition.read_stats(queue), exposition.read_stats(queue)
+        first, second = exposition.read_figures(queue), exposition.read_figures(queue)
         clock.advance(0)
         while queue.calls:
             queue.answer_first()

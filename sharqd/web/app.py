@@ -264,9 +264,10 @@ class Api:
     async def prometheus(self, request):
         # without Redis the scrape still answers this process's metrics
         # (its Redis errors among them), with sharqd_redis_up 0
+        fresh = validation.fresh_arg(validation.query_arg(request.args, "fresh"))
         accept = request.getHeader(b"accept")
         content_type, body = await self.exposition.scrape(
-            self.queue, accept.decode("latin-1") if accept else "")
+            self.queue, accept.decode("latin-1") if accept else "", fresh)
         request.setHeader(b"content-type", content_type.encode())
         return body
 

@@ -299,6 +299,9 @@ PATHS = {
         "description": "The text exposition format (OpenMetrics when asked for).",
         "content": {"text/plain": {"schema": TEXT},
                     "application/openmetrics-text": {"schema": TEXT}}}},
+        [_query("fresh", {"type": "integer", "enum": [0, 1]},
+                "1: read the queue figures from Redis now, instead of the snapshot "
+                "read in the background since the last scrape.")],
         tag="observability")},
     "/queues/": {"get": _op("Figures of every queue type", {"200": _json(
         "Per type: jobs pending, active, ready queues, dead letters, totals.",

@@ -1,6 +1,7 @@
 """
-GET /prometheus: the queues' figures, read from Redis at scrape time, and
-each sharqd process's own metrics, in prometheus_client's exposition format.
+GET /prometheus: the queues' figures, from a snapshot of Redis refreshed in
+the background between scrapes (Exposition.figures), and each sharqd
+process's own metrics, in prometheus_client's exposition format.
 
 With `workers > 1` every process keeps its own metrics and serves them on a
 unix socket of its own in a folder the parent made; the process that takes
@@ -27,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
-from twisted.internet.task import Cooperator
+from twisted.internet.task import Cooperator, deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, readBody
 from twisted.web.resource import Resource
@@ -53,6 +54,18 @@ SLICE_SECONDS = 0.00005
 PIECE = 8
 BUSY_PAUSE = 0.0005
 KEPT_FORMATS = 4  # formats (Accept) whose last scrape's pieces are kept
+# The queue figures a scrape shows are a snapshot: a scrape answers from
+# the last one and starts reading the next one for the next scrape, one
+# call every few ms spread over REFRESH_WINDOW seconds at most (and at most
+# REFRESH_SHARE of the time between the last two scrapes), so that the
+# reads never come in a dense run that would hold Redis, or a core, as the
+# next enqueue arrives.  The first scrape, one whose snapshot is older than
+# STALE_AFTER seconds (or 1.5 scrape intervals: the scraper stopped for a
+# while) and GET /prometheus?fresh=1 read at once.
+REFRESH_WINDOW = 10.0
+REFRESH_SHARE = 0.75
+MIN_GAP = 0.002  # seconds between two calls of a background read, at least
+STALE_AFTER = 60.0
 
 # name, help, TypeStats attribute
 GAUGES = (
@@ -78,11 +91,23 @@ DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
                     5, 10, 30, 60)
 
 
-def queue_families(stats):
+class Figures:
+    """A snapshot of the queue figures: the TypeStats of every type, when
+    their read began (clock seconds) and how long it took."""
+
+    def __init__(self, stats, started, took):
+        self.stats = stats
+        self.started = started
+        self.took = took
+
+
+def queue_families(stats, age=None):
     """Metric families of a list of TypeStats, labelled by queue_type; of
-    None (Redis did not answer) only sharqd_redis_up 0."""
+    None (Redis did not answer) only sharqd_redis_up 0.  age: (seconds
+    since the read of the figures began, seconds the read took), or None
+    for no such gauges."""
     families = {}
-    for _, make, _ in _queue_pieces(stats, 2 * len(stats or ()) or 2):
+    for _, make, _ in _queue_pieces(stats, 2 * len(stats or ()) or 2, age):
         family = make()
         if family.name in families:
             families[family.name].samples.extend(family.samples)
@@ -91,17 +116,17 @@ def queue_families(stats):
     return list(families.values())
 
 
-def _queue_pieces(stats, size):
+def _queue_pieces(stats, size, age=None):
     """(rows, make, first) for each piece of each queue family, at most
     `size` samples: rows are the piece's (label values, value) pairs (what
     it holds: the same rows encode the same), make() builds the piece as a
     family, first marks the first piece of a family (it carries the HELP
     and TYPE lines when encoded)."""
-    for column in _queue_columns(stats, size):
+    for column in _queue_columns(stats, size, age):
         yield from _pieces_of(*column)
 
 
-def _queue_columns(stats, size):
+def _queue_columns(stats, size, age=None):
     """Each queue family as (kind, name, help, label names, labels, values,
     samples a piece), where labels[i] and values[i] are the label values
     and the value of its i-th sample: columns compare and slice in C, not
@@ -110,6 +135,14 @@ def _queue_columns(stats, size):
            [], [()], [0 if stats is None else 1], size)
     if stats is None:
         return
+    if age is not None:
+        yield (GaugeMetricFamily, "sharqd_redis_figures_age_seconds",
+               "Seconds since the read of the queue figures shown began: they are "
+               "a snapshot, read in the background between scrapes.",
+               [], [()], [round(age[0], 3)], size)
+        yield (GaugeMetricFamily, "sharqd_redis_figures_read_seconds",
+               "Seconds the read of the queue figures shown took (a background "
+               "read is spread out on purpose).", [], [()], [round(age[1], 3)], size)
     types = [(s.queue_type,) for s in stats]
     for name, doc, attr in GAUGES:
         yield (GaugeMetricFamily, name, doc, ["queue_type"], types,
@@ -309,10 +342,10 @@ def _split(family, size):
         yield piece, i == 0
 
 
-def _steps(pieces, stats, families, size=PIECE):
+def _steps(pieces, stats, families, size=PIECE, age=None):
     """The encoding of a scrape, one piece of at most `size` samples per
     step (Cooperator drives it)."""
-    for column in _queue_columns(stats, size):
+    for column in _queue_columns(stats, size, age):
         if pieces.add_column(column):
             yield
             continue
@@ -327,11 +360,11 @@ def _steps(pieces, stats, families, size=PIECE):
             yield
 
 
-def encode(stats, families, accept, size=PIECE):
+def encode(stats, families, accept, size=PIECE, age=None):
     """(content type, body) in one go (tests, and what the pieces match)."""
     encoder, content_type = choose_encoder(accept)
     pieces = _Pieces(encoder)
-    for _ in _steps(pieces, stats, families, size):
+    for _ in _steps(pieces, stats, families, size, age):
         pass
     return content_type, pieces.body()
 
@@ -394,9 +427,11 @@ class Exposition:
 
     log = Logger()
 
-    def __init__(self, own, reactor, folder=None, worker=1):
+    def __init__(self, own, reactor, folder=None, worker=1, clock=None):
         self.own = own
         self.reactor = reactor
+        # the snapshot's age and the pace of its background reads
+        self.clock = reactor if clock is None else clock
         self.folder = folder
         self.worker = str(worker)
         # requests this process is answering, scrapes included (the site's
@@ -404,9 +439,13 @@ class Exposition:
         self.in_flight = lambda: 0
         self.scrapes = 0  # scrapes being read or encoded now
         self.waiting = set()  # _Turns waiting for the other requests to end
-        # the TypeStats of every type a queue knows; scrapes that come while
-        # a read runs share its result
-        self.read_stats = SharedRead(self._read)
+        # the Figures of every type a queue knows, read at once; scrapes
+        # that come while a read runs share its result
+        self.read_figures = SharedRead(self._read)
+        self.snapshot = None  # the last Figures read, None until a read works
+        self.refreshing = False  # a background read runs
+        self.last_scrape = None  # clock seconds of the last scrape
+        self.interval = None  # seconds between the last two scrapes
         self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
         self.cooperator = Cooperator(
             terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
@@ -446,39 +485,111 @@ class Exposition:
                               why=result.getErrorMessage())
         return _merge(groups)
 
-    async def render(self, stats, accept):
-        """(content type, body) for a list of TypeStats and an Accept header.
-        With 1,000 types that is tens of milliseconds of Python: it runs in
-        slices (see SLICE_SECONDS), with the reactor serving in between."""
+    async def render(self, stats, accept, age=None):
+        """(content type, body) for a list of TypeStats and an Accept header
+        (age: see queue_families).  With 1,000 types that is tens of
+        milliseconds of Python: it runs in slices (see SLICE_SECONDS), with
+        the reactor serving in between."""
         families = await self.process_families()
         encoder, content_type = choose_encoder(accept or "")
         pieces = _Pieces(encoder, self.encoded.get(content_type))
-        await self.cooperator.coiterate(_steps(pieces, stats, families))
+        await self.cooperator.coiterate(_steps(pieces, stats, families, age=age))
         if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
             self.encoded[content_type] = pieces.encoded
         return content_type, pieces.body()
 
-    async def scrape(self, queue, accept):
+    async def scrape(self, queue, accept, fresh=False):
         """(content type, body) of a scrape: the figures of every type the
         queue knows (None while Redis does not answer), then render()."""
         self.scrapes += 1
         try:
-            try:
-                stats = await self.read_stats(queue)
-            except RedisUnavailable:
-                stats = None
-            return await self.render(stats, accept)
+            figures = await self.figures(queue, fresh)
+            if figures is None:
+                return await self.render(None, accept)
+            age = (self.clock.seconds() - figures.started, figures.took)
+            return await self.render(figures.stats, accept, age)
         finally:
             self.scrapes -= 1
 
+    async def figures(self, queue, fresh=False):
+        """The Figures a scrape shows: the last snapshot, with the next one
+        read in the background for the next scrape; read at once when there
+        is none yet, when it is stale, or when asked for (fresh).  None
+        while Redis does not answer: the snapshot is dropped, so the first
+        scrape once Redis is back reads at once."""
+        now = self.clock.seconds()
+        snapshot, interval = self.snapshot, self.interval
+        if not fresh:  # a person's fresh reads do not set the scrapers' pace
+            if self.last_scrape is not None:
+                self.interval = now - self.last_scrape
+            self.last_scrape = now
+        stale = STALE_AFTER if interval is None else max(STALE_AFTER, 1.5 * interval)
+        if fresh or snapshot is None or now - snapshot.started > stale:
+            try:
+                return self._keep(await self.read_figures(queue))
+            except RedisUnavailable:
+                self.snapshot = None
+                return None
+        try:  # sharqd_redis_up stays current: one PING, no script
+            await queue.ping()
+        except RedisUnavailable:
+            self.snapshot = None
+            return None
+        if not self.refreshing:
+            self.refreshing = True
+            Deferred.fromCoroutine(self._refresh(queue))
+        return snapshot
+
+    def _keep(self, figures):
+        """Swap figures in whole when their read began after the current
+        snapshot's ended: every type is then read later than in the one
+        shown before, so the counters never go back (a fresh read that
+        overlapped a background one wins, whichever ends first)."""
+        last = self.snapshot
+        if last is None or figures.started >= last.started + last.took:
+            self.snapshot = figures
+        return figures
+
+    def refresh_window(self):
+        """Seconds a background read spreads its calls over."""
+        if self.interval is None:
+            return REFRESH_WINDOW
+        return min(REFRESH_WINDOW, REFRESH_SHARE * self.interval)
+
     async def _read(self, queue):
+        """Figures read at once: one call after another, each at a turn."""
+        started = self.clock.seconds()
         types = await queue.known_types()
         stats = []
         for batch in queue.stats_batches(types):
             await self.turn()
             stats.extend(await queue.stats_many(batch))
-        order = {t: i for i, t in enumerate(types)}
-        return sorted(stats, key=lambda s: order[s.queue_type])
+        return Figures(_in_order(stats, types), started, self.clock.seconds() - started)
+
+    async def _refresh(self, queue):
+        """The next snapshot, read in the background: the calls spread
+        evenly over refresh_window(), each at a turn; swapped in whole at
+        the end.  A failure ends it (the next scrape reads at once)."""
+        try:
+            started = self.clock.seconds()
+            await self.turn()
+            types = await queue.known_types()
+            batches = queue.stats_batches(types)
+            gap = max(MIN_GAP, self.refresh_window() / max(len(batches), 1))
+            stats = []
+            for batch in batches:
+                await deferLater(self.clock, gap)
+                await self.turn()
+                stats.extend(await queue.stats_many(batch))
+            self._keep(Figures(_in_order(stats, types), started,
+                               self.clock.seconds() - started))
+        except RedisUnavailable:
+            self.snapshot = None
+        except Exception:
+            self.snapshot = None
+            self.log.failure("The background read of the queue figures failed")
+        finally:
+            self.refreshing = False
 
     def busy(self):
         """Whether requests other than scrapes are in flight."""
@@ -500,6 +611,12 @@ class Exposition:
         if self.waiting and not self.busy():
             for waiting in list(self.waiting):
                 waiting.idle()
+
+
+def _in_order(stats, types):
+    """The TypeStats in the order of the types."""
+    order = {t: i for i, t in enumerate(types)}
+    return sorted(stats, key=lambda s: order[s.queue_type])
 
 
 class _Turn:

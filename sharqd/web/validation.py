@@ -322,6 +322,16 @@ def policy_fields(body):
     return changes
 
 
+def fresh_arg(text):
+    """The `fresh` of GET /prometheus: 1 reads the figures at once, 0 (the
+    default) answers from the snapshot."""
+    if text is None or text == "0":
+        return False
+    if text == "1":
+        return True
+    raise invalid("fresh")
+
+
 def sort_arg(text):
     """The `sort` of GET /queues/<type>/: pending (default) or queue_id."""
     if text is None:
