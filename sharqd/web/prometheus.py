@@ -556,33 +556,29 @@ class Exposition:
             return REFRESH_WINDOW
         return min(REFRESH_WINDOW, REFRESH_SHARE * self.interval)
 
-    async def _read(self, queue):
-        """Figures read at once: one call after another, each at a turn."""
+    async def _read(self, queue, window=None):
+        """Figures read one call after another, each at a turn: at once, or
+        with the calls spread evenly over window seconds (a background
+        read)."""
         started = self.clock.seconds()
         types = await queue.known_types()
+        batches = queue.stats_batches(types)
+        gap = None if window is None else max(MIN_GAP, window / max(len(batches), 1))
         stats = []
-        for batch in queue.stats_batches(types):
+        for batch in batches:
+            if gap is not None:
+                await deferLater(self.clock, gap)
             await self.turn()
             stats.extend(await queue.stats_many(batch))
         return Figures(_in_order(stats, types), started, self.clock.seconds() - started)
 
     async def _refresh(self, queue):
-        """The next snapshot, read in the background: the calls spread
-        evenly over refresh_window(), each at a turn; swapped in whole at
-        the end.  A failure ends it (the next scrape reads at once)."""
+        """The next snapshot, read in the background over refresh_window()
+        and swapped in whole at the end.  A failure ends it (the next
+        scrape reads at once)."""
         try:
-            started = self.clock.seconds()
             await self.turn()
-            types = await queue.known_types()
-            batches = queue.stats_batches(types)
-            gap = max(MIN_GAP, self.refresh_window() / max(len(batches), 1))
-            stats = []
-            for batch in batches:
-                await deferLater(self.clock, gap)
-                await self.turn()
-                stats.extend(await queue.stats_many(batch))
-            self._keep(Figures(_in_order(stats, types), started,
-                               self.clock.seconds() - started))
+            self._keep(await self._read(queue, self.refresh_window()))
         except RedisUnavailable:
             self.snapshot = None
         except Exception:
