@@ -9,16 +9,18 @@ its own, filled straight in Redis with QUEUES queues over TYPES queue types
    first scrape does) and of GET /queues/ (median of `--scrapes`), and the
    longest single Redis call a scrape made (SLOWLOG);
 2. the latency of sequential enqueues over HTTP (keep-alive) without
-   scrapes (the baseline), then as long again while another process
-   scrapes every `--every` seconds, in three groups: the enqueues that
+   scrapes (the baseline), and as long again while another process
+   scrapes every `--every` seconds, in `--blocks` blocks of each, one
+   after the other (so that what else the machine does falls on both
+   alike), the enqueues with scrapes in three groups: those that
    overlapped a GET, those that overlapped the background read of the
    figures that a scrape starts for the next one (its window is learnt
    from the next scrape's sharqd_redis_figures_age_seconds and
    sharqd_redis_figures_read_seconds), and the others;
-3. whether each of the first two groups is within the noise of the
-   baseline: its p50 and p99 set against those of `--resamples` sets of
+3. whether all the enqueues with scrapes, and each of the first two
+   groups, are within the noise of the baseline: its p50 and p99 set against those of `--resamples` sets of
    baseline enqueues, each set gathered over windows as long and as many
-   as the group's (placed at random in the baseline run).  "within noise"
+   as the group's (placed at random in the baseline blocks).  "within noise"
    when both lie under the 95th percentile of the resampled ones.  With
    `--runs N` the enqueue phases are run N times on the same server.
 
@@ -148,19 +150,23 @@ def gauge(body, name):
     return float(body[at + len(name) + 2:body.index(b"\n", at + 1)])
 
 
-def scrape_loop(port, every, stop, windows, nice):
+def scrape_loop(port, every, stop, windows, nice, idle):
     """Scrape every `every` s until stop; then send, on the monotonic
     clock, the (start, end) of each GET and of each background read of
-    the figures that the scrapes showed, through the pipe windows."""
+    the figures that the scrapes showed, through the pipe windows (the
+    read the last GET started is not known: its window is after the
+    last GET's start)."""
     # The scraper stands in for Prometheus, which runs on another host: at
     # nice 19 its own CPU (reading 700 kB in Python) does not take a core
     # from the enqueuer, sharqd or Redis on a small machine, which would
     # show as a delay of the enqueues during scrapes even for a scrape
     # that costs sharqd nothing
     os.nice(nice)
+    if idle:  # runs only on a core nothing else wants, and yields it at once
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     gets, reads = [], []
-    first = time.monotonic()  # reads that began before are not this run's
+    first = time.monotonic()  # reads that began before are not this block's
 
     def scrape():
         started = time.monotonic()
@@ -177,9 +183,6 @@ def scrape_loop(port, every, stop, windows, nice):
     while not stop.is_set():
         gets.append(scrape())
         stop.wait(every)
-    # once more, after the enqueues and the last read: its window
-    time.sleep(every)
-    scrape()
     windows.send((gets, reads))
 
 
@@ -200,7 +203,7 @@ def within_noise(group, spans, baseline, resamples, seed=1):
     that overlapped spans) against those of sets of baseline enqueues
     gathered over windows as long and as many as the spans, placed at
     random in the baseline run.  Returns the figures and the verdict."""
-    baseline = sorted((at, took) for took, at in baseline)
+    baseline = _joined(sorted((at, took) for took, at in baseline))
     starts = [at for at, _ in baseline]
     margin = max(took for _, took in baseline)
     first, last = starts[0], starts[-1]
@@ -239,6 +242,19 @@ def within_noise(group, spans, baseline, resamples, seed=1):
     return result
 
 
+def _joined(baseline, gap=1.0):
+    """Sorted (start, seconds) of enqueues made in blocks, with the time
+    between blocks (gaps over `gap` s) taken out: one timeline, on which a
+    window placed at random always falls among baseline enqueues."""
+    out, shift, last = [], 0.0, None
+    for at, took in baseline:
+        if last is not None and at - last > gap:
+            shift += at - last
+        last = at
+        out.append((at - shift, took))
+    return out
+
+
 def summary(latencies):
     if not latencies:
         return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
@@ -248,25 +264,41 @@ def summary(latencies):
 
 
 def enqueue_run(port, args, tag):
-    """Enqueues alone for args.seconds (the baseline), then as long again
-    while another process scrapes every args.every s: their latencies, in
-    groups, each group's noise check against the baseline."""
-    baseline = enqueue_latencies(port, args.seconds, tag + "a")
-    stop = multiprocessing.Event()
-    receive, send = multiprocessing.Pipe(duplex=False)
-    scraper = multiprocessing.Process(target=scrape_loop,
-                                      args=(port, args.every, stop, send,
-                                            args.scraper_nice))
-    scraper.start()
-    busy = enqueue_latencies(port, args.seconds, tag + "b")
-    stop.set()
-    gets, reads = receive.recv()
-    scraper.join()
+    """args.blocks pairs of blocks of enqueues, args.seconds / args.blocks
+    each: one alone (the baseline), then one while another process
+    scrapes every args.every s.  The enqueues of the scraped blocks in
+    groups, each group's noise check against the baseline.  Alternating
+    the blocks spreads what else the machine does over both."""
+    block = args.seconds / args.blocks
+    baseline, busy, gets, reads, spans = [], [], [], [], []
+    for b in range(args.blocks):
+        baseline += enqueue_latencies(port, block, f"{tag}a{b}-")
+        stop = multiprocessing.Event()
+        receive, send = multiprocessing.Pipe(duplex=False)
+        scraper = multiprocessing.Process(target=scrape_loop,
+                                          args=(port, args.every, stop, send,
+                                                args.scraper_nice, args.scraper_idle))
+        scraper.start()
+        scraped = enqueue_latencies(port, block, f"{tag}b{b}-")
+        stop.set()
+        block_gets, block_reads = receive.recv()
+        scraper.join()
+        # the background read the last GET started, whose window no GET
+        # showed: the enqueues from that GET on are in no group, and the
+        # next baseline block waits for that read to end
+        last = block_gets[-1][0]
+        kept = [(took, at) for took, at in scraped if at + took < last]
+        busy += kept
+        spans.append((kept[0][1], kept[-1][1] + kept[-1][0]))
+        gets += block_gets[:-1]
+        reads += block_reads
+        enqueue_latencies(port, args.every, f"{tag}c{b}-")
     during_get, rest = split(busy, gets)
     during_read, neither = split(rest, reads)
     during_get = [t for t, _ in during_get]
     during_read = [t for t, _ in during_read]
     figures = {
+        "blocks": args.blocks,
         "scrapes": len(gets),
         "scrape_s_median_under_load": round(statistics.median(b - a for a, b in gets), 3),
         "background_reads": len(reads),
@@ -278,6 +310,7 @@ def enqueue_run(port, args, tag):
         "enqueue_during_neither": summary([t for t, _ in neither]),
         "enqueue_with_scrapes_all": summary([t for t, _ in busy]),
         "noise_get": within_noise(during_get, gets, baseline, args.resamples),
+        "noise_all": within_noise([t for t, _ in busy], spans, baseline, args.resamples),
     }
     if reads:
         figures["noise_background_read"] = within_noise(during_read, reads, baseline,
@@ -306,6 +339,11 @@ def main():
                         help="seconds between scrapes while enqueuing (0: back to back)")
     parser.add_argument("--scraper-nice", type=int, default=19,
                         help="niceness of the scraping process (0: as the others)")
+    parser.add_argument("--scraper-idle", type=int, default=1,
+                        help="1: the scraping process runs under SCHED_IDLE (0: nice only)")
+    parser.add_argument("--blocks", type=int, default=5,
+                        help="pairs of blocks (enqueues alone, then with scrapes) a run "
+                             "alternates, seconds / blocks each")
     parser.add_argument("--runs", type=int, default=1,
                         help="times the enqueue phases are run on the same server")
     parser.add_argument("--resamples", type=int, default=1000,
@@ -371,11 +409,12 @@ def main():
                         "enqueue_during_background_read", "enqueue_during_neither",
                         "enqueue_with_scrapes_all"):
                 print(f"  {key}: {figures[key]}")
+            print(noise_line("all with scrapes", figures["noise_all"]))
             print(noise_line("during GET", figures["noise_get"]))
             if "noise_background_read" in figures:
                 print(noise_line("during background read", figures["noise_background_read"]))
         verdicts = [r[k]["within_noise"] for r in result["runs"]
-                    for k in ("noise_get", "noise_background_read")
+                    for k in ("noise_all", "noise_get", "noise_background_read")
                     if k in r and r[k]["within_noise"] is not None]
         print(f"within noise in {sum(verdicts)} of {len(verdicts)} checks")
         print(json.dumps(result))

@@ -139,6 +139,22 @@ class TypeStatsTests(TestCase):
         await self.q.delete_queue("email", "u1")
         self.assertEqual([s.queue_type for s in await self.q.all_type_stats()], ["email"])
 
+    async def test_known_types_follow_the_registry(self):
+        """When types come, from this process or another (straight in
+        Redis), each read lists all of them, sorted, however the
+        registry's order moves."""
+        await self.put("u1", "j1", qtype="sms")
+        self.assertEqual(await self.q.known_types(), ["sms"])
+        await self.put("u1", "j2", qtype="email")
+        self.assertEqual(await self.q.known_types(), ["email", "sms"])
+        await self.q.execute(b"ZADD", self.q.registry, 1, "sms")  # order moves
+        self.assertEqual(await self.q.known_types(), ["email", "sms"])
+        await self.q.execute(b"SADD", f"{self.q.prefix}:known_types", "fax")
+        self.assertEqual(await self.q.known_types(), ["email", "fax", "sms"])
+        await self.q.execute(b"ZADD", self.q.registry, 2, "push")
+        self.assertEqual(await self.q.registered_types(), ["email", "push", "sms"])
+        self.assertEqual(await self.q.known_types(), ["email", "fax", "push", "sms"])
+
     async def test_concurrent_reads_share_one(self):
         """When the figures are asked for again while a read runs, both get
         the same result from one read."""

@@ -64,7 +64,8 @@ class _Scrapes(TestCase):
         await self.queue.enqueue(qtype, "u1", job_id, 0, json.dumps({}).encode(), -1)
 
     async def scrape(self, fresh=False):
-        _, body = await self.exposition.scrape(self.queue, "", fresh)
+        _, parts = await self.exposition.scrape(self.queue, "", fresh)
+        body = b"".join(parts)
         return samples(body)
 
     async def waiting_on_clock(self):
@@ -151,6 +152,21 @@ class SnapshotTests(_Scrapes):
         found = await self.scrape()
         self.assertEqual(found[("sharqd_jobs_pending", SMS)], 2)
         self.assertFalse(self.exposition.refreshing)
+
+    async def test_a_late_scrape_keeps_the_pace_of_those_before(self):
+        """When scrapes come every 4 s and then one comes 20 s late, the
+        read it starts is spread over 3/4 of 4 s, not of 24 s (a snapshot
+        as old as the scrapes' pace, not as the pause)."""
+        await self.enqueue("a")
+        await self.scrape()
+        self.clock.advance(4)
+        for _ in range(3):
+            await self.scrape()
+            self.assertEqual(await self.run_refresh(), 0.75 * 4)
+            self.clock.advance(4 - 0.75 * 4)  # the next scrape 4 s after this one
+        self.clock.advance(20)
+        await self.scrape()
+        self.assertEqual(await self.run_refresh(), 0.75 * 4)
 
     async def test_no_read_without_scrapes(self):
         """When no scrape comes, nothing reads Redis and no timer waits."""

@@ -266,10 +266,12 @@ class Api:
         # (its Redis errors among them), with sharqd_redis_up 0
         fresh = validation.fresh_arg(validation.query_arg(request.args, "fresh"))
         accept = request.getHeader(b"accept")
-        content_type, body = await self.exposition.scrape(
+        content_type, parts = await self.exposition.scrape(
             self.queue, accept.decode("latin-1") if accept else "", fresh)
         request.setHeader(b"content-type", content_type.encode())
-        return body
+        request.setHeader(b"content-length", b"%d" % sum(map(len, parts)))
+        await self.exposition.send(request.write, parts)
+        return b""
 
     @app.route("/queues/", methods=["GET"])
     async def queue_types(self, request):

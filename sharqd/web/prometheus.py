@@ -10,11 +10,13 @@ its `worker` number.  No Redis here: the queue figures come as TypeStats
 from the queue layer.
 """
 
+import gc
 import glob
 import os
 import shutil
 import time
 from bisect import bisect_left
+from collections import deque
 from functools import partial
 
 from prometheus_client import (CollectorRegistry, Counter, GCCollector, Gauge,
@@ -53,18 +55,29 @@ PEER_TIMEOUT = 1.0  # seconds a scrape waits for another worker's metrics
 SLICE_SECONDS = 0.00005
 PIECE = 8
 BUSY_PAUSE = 0.0005
+LIST_STEP = 250  # types whose figures a step gathers into a column
+# The answer goes out in writes of about CHUNK bytes, one a turn: a 700 kB
+# answer joined and sent at once held the reactor for 2-3 ms.
+CHUNK = 65536
+# What a scrape no longer needs (the last scrape's pieces, the snapshot
+# before) is let go RELEASE_STEP items a step: freeing tens of thousands
+# of objects at once held the reactor for 0.3-0.5 ms.
+RELEASE_STEP = 100
 KEPT_FORMATS = 4  # formats (Accept) whose last scrape's pieces are kept
 # The queue figures a scrape shows are a snapshot: a scrape answers from
 # the last one and starts reading the next one for the next scrape, one
 # call every few ms spread over REFRESH_WINDOW seconds at most (and at most
-# REFRESH_SHARE of the time between the last two scrapes), so that the
+# REFRESH_SHARE of the shortest time between two of the last PACE_SCRAPES
+# scrapes: one late scrape does not stretch the next read), so that the
 # reads never come in a dense run that would hold Redis, or a core, as the
 # next enqueue arrives.  The first scrape, one whose snapshot is older than
 # STALE_AFTER seconds (or 1.5 scrape intervals: the scraper stopped for a
 # while) and GET /prometheus?fresh=1 read at once.
 REFRESH_WINDOW = 10.0
 REFRESH_SHARE = 0.75
+PACE_SCRAPES = 4
 MIN_GAP = 0.002  # seconds between two calls of a background read, at least
+REFRESH_DELAY = 0.02  # seconds from a scrape's answer to the read it started
 STALE_AFTER = 60.0
 
 # name, help, TypeStats attribute
@@ -127,10 +140,16 @@ def _queue_pieces(stats, size, age=None):
 
 
 def _queue_columns(stats, size, age=None):
+    """Each queue family as a column (see _column_steps)."""
+    return [column for column in _column_steps(stats, size, age) if column is not None]
+
+
+def _column_steps(stats, size, age=None):
     """Each queue family as (kind, name, help, label names, labels, values,
     samples a piece), where labels[i] and values[i] are the label values
     and the value of its i-th sample: columns compare and slice in C, not
-    in a Python loop per sample."""
+    in a Python loop per sample.  None between steps of LIST_STEP types:
+    with 1,000 types a column's lists take up to 0.4 ms to build."""
     yield (GaugeMetricFamily, "sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
            [], [()], [0 if stats is None else 1], size)
     if stats is None:
@@ -143,18 +162,32 @@ def _queue_columns(stats, size, age=None):
         yield (GaugeMetricFamily, "sharqd_redis_figures_read_seconds",
                "Seconds the read of the queue figures shown took (a background "
                "read is spread out on purpose).", [], [()], [round(age[1], 3)], size)
-    types = [(s.queue_type,) for s in stats]
+    types = []
+    yield from _gathered(stats, lambda part: [(s.queue_type,) for s in part], types)
     for name, doc, attr in GAUGES:
-        yield (GaugeMetricFamily, name, doc, ["queue_type"], types,
-               [getattr(s, attr) for s in stats], size)
+        values = []
+        yield from _gathered(stats, lambda part: [getattr(s, attr) for s in part], values)
+        yield (GaugeMetricFamily, name, doc, ["queue_type"], types, values, size)
     for name, doc, key in COUNTERS:
-        yield (CounterMetricFamily, name, doc, ["queue_type"], types,
-               [s.totals.get(key, 0) for s in stats], size)
+        values = []
+        yield from _gathered(stats, lambda part: [s.totals.get(key, 0) for s in part], values)
+        yield (CounterMetricFamily, name, doc, ["queue_type"], types, values, size)
+    labels, values = [], []
+    yield from _gathered(stats, lambda part: [(s.queue_type, reason) for s in part
+                                              for reason, _ in REJECTIONS], labels)
+    yield from _gathered(stats, lambda part: [s.totals.get(key, 0) for s in part
+                                              for _, key in REJECTIONS], values)
     yield (CounterMetricFamily, "sharqd_enqueue_rejected", "Enqueues refused, by reason.",
-           ["queue_type", "reason"],
-           [(s.queue_type, reason) for s in stats for reason, _ in REJECTIONS],
-           [s.totals.get(key, 0) for s in stats for _, key in REJECTIONS],
+           ["queue_type", "reason"], labels, values,
            max(1, size // len(REJECTIONS)) * len(REJECTIONS))
+
+
+def _gathered(stats, f, into):
+    """into gets f(part) for each part of LIST_STEP TypeStats; None after
+    each part (a step)."""
+    for i in range(0, len(stats), LIST_STEP):
+        into += f(stats[i:i + LIST_STEP])
+        yield None
 
 
 def _pieces_of(kind, name, doc, label_names, labels, values, size):
@@ -212,6 +245,7 @@ class RequestMetrics:
         self.bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
         self.answered = {}   # (route, code) -> requests answered
         self.durations = {}  # route -> [count per bucket (not cumulative)..., sum]
+        self.made = {}  # route -> (its row as a tuple, its samples made of it)
 
     def observe(self, route, code, seconds):
         """Count one answered request."""
@@ -230,16 +264,32 @@ class RequestMetrics:
                                        labels=["route", "code"])
         for (route, code), n in self.answered.items():
             requests.add_metric([route, str(code)], float(n))
-        durations = HistogramMetricFamily(
-            "sharqd_http_request_duration_seconds",
-            "Time from routing a request to its answer.", labels=["route"])
+        durations = _durations()
         for route, row in self.durations.items():
+            durations.samples.extend(self._samples_of(route, row))
+        return [requests, durations]
+
+    def _samples_of(self, route, row):
+        """The histogram samples of a route, made again only when its row
+        changed: most routes' do not between two scrapes, and making all of
+        them held the reactor for about 0.5 ms with 20 routes."""
+        key = tuple(row)
+        last = self.made.get(route)
+        if last is None or last[0] != key:
             total, buckets = 0, []
             for bound, n in zip(self.bounds, row):
                 total += n
                 buckets.append((bound, float(total)))
-            durations.add_metric([route], buckets, row[-1])
-        return [requests, durations]
+            family = _durations()
+            family.add_metric([route], buckets, row[-1])
+            last = self.made[route] = (key, family.samples)
+        return last[1]
+
+
+def _durations():
+    return HistogramMetricFamily("sharqd_http_request_duration_seconds",
+                                 "Time from routing a request to its answer.",
+                                 labels=["route"])
 
 
 class _Families:
@@ -321,8 +371,12 @@ class _Pieces:
                 self.encoder(_Families([empty]))[:-len(self.end) or None]
         return head
 
+    def parts(self):
+        """The answer, in the pieces encoded."""
+        return self.out + [self.end]
+
     def body(self):
-        return b"".join(self.out) + self.end
+        return b"".join(self.parts())
 
 
 # the text format writes these samples apart, after the family's others:
@@ -345,8 +399,8 @@ def _split(family, size):
 def _steps(pieces, stats, families, size=PIECE, age=None):
     """The encoding of a scrape, one piece of at most `size` samples per
     step (Cooperator drives it)."""
-    for column in _queue_columns(stats, size, age):
-        if pieces.add_column(column):
+    for column in _column_steps(stats, size, age):
+        if column is None or pieces.add_column(column):
             yield
             continue
         start = len(pieces.out)
@@ -371,8 +425,14 @@ def encode(stats, families, accept, size=PIECE, age=None):
 
 def _slices(seconds, busy):
     """A Cooperator's termination predicate factory: each slice of work
-    ends once it has run `seconds`, or after one piece when busy()."""
+    ends once it has run `seconds`, or after one piece when busy().  Each
+    begins with a collection of the youngest objects: a scrape makes and
+    lets go of tens of thousands of objects, and as CPython counts
+    allocations less frees to time its young collections, the new objects
+    pile up uncollected and one collection later goes over all of them at
+    once (3-4 ms with 1,000 types, bench/scrape.py)."""
     def predicate():
+        gc.collect(0)
         end = time.perf_counter() + seconds
         return lambda: busy() or time.perf_counter() >= end
     return predicate
@@ -437,7 +497,8 @@ class Exposition:
         # requests this process is answering, scrapes included (the site's
         # in_flight, set by tap); renders: scrapes being encoded now
         self.in_flight = lambda: 0
-        self.scrapes = 0  # scrapes being read or encoded now
+        self.scrapes = 0  # scrapes being read, encoded or sent now
+        self.unscraped = []  # Deferreds of no_scrape()
         self.waiting = set()  # _Turns waiting for the other requests to end
         # the Figures of every type a queue knows, read at once; scrapes
         # that come while a read runs share its result
@@ -446,6 +507,7 @@ class Exposition:
         self.refreshing = False  # a background read runs
         self.last_scrape = None  # clock seconds of the last scrape
         self.interval = None  # seconds between the last two scrapes
+        self.intervals = deque(maxlen=PACE_SCRAPES - 1)  # and the ones before
         self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
         self.cooperator = Cooperator(
             terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
@@ -469,8 +531,16 @@ class Exposition:
         return list(text_string_to_metric_families(text))
 
     async def process_families(self):
-        """Every process's families; labelled by worker when there are several."""
-        own = list(self.own.collect())
+        """Every process's families; labelled by worker when there are
+        several.  This process's are collected one collector's at a turn:
+        all of them at once held the reactor for 0.2-0.7 ms."""
+        own, families = [], iter(self.own.collect())
+        while True:
+            await self.turn()
+            family = next(families, None)
+            if family is None:
+                break
+            own.append(family)
         if self.folder is None:
             return own
         names = self.peers()
@@ -486,21 +556,49 @@ class Exposition:
         return _merge(groups)
 
     async def render(self, stats, accept, age=None):
-        """(content type, body) for a list of TypeStats and an Accept header
-        (age: see queue_families).  With 1,000 types that is tens of
-        milliseconds of Python: it runs in slices (see SLICE_SECONDS), with
-        the reactor serving in between."""
+        """(content type, parts of the body) for a list of TypeStats and an
+        Accept header (age: see queue_families).  With 1,000 types that is
+        tens of milliseconds of Python: it runs in slices (see
+        SLICE_SECONDS), with the reactor serving in between."""
         families = await self.process_families()
         encoder, content_type = choose_encoder(accept or "")
-        pieces = _Pieces(encoder, self.encoded.get(content_type))
+        last = self.encoded.get(content_type)
+        pieces = _Pieces(encoder, last)
         await self.cooperator.coiterate(_steps(pieces, stats, families, age=age))
         if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
             self.encoded[content_type] = pieces.encoded
-        return content_type, pieces.body()
+            if last is not None:  # a scrape that still reads it encodes afresh
+                self.release(last)
+        return content_type, pieces.parts()
+
+    async def send(self, write, parts):
+        """write(chunk) the parts of a body in chunks of about CHUNK bytes,
+        one a turn."""
+        self.scrapes += 1
+        try:
+            chunk, size = [], 0
+            for part in parts:
+                chunk.append(part)
+                size += len(part)
+                if size >= CHUNK:
+                    await self.turn()
+                    write(b"".join(chunk))
+                    chunk, size = [], 0
+            if chunk:
+                await self.turn()
+                write(b"".join(chunk))
+        finally:
+            self._scrape_ended()
+
+    def release(self, items):
+        """Let go of a list or a dict that only this holds now, a few
+        items a step (see RELEASE_STEP)."""
+        self.cooperator.coiterate(_release(items))
 
     async def scrape(self, queue, accept, fresh=False):
-        """(content type, body) of a scrape: the figures of every type the
-        queue knows (None while Redis does not answer), then render()."""
+        """(content type, parts of the body) of a scrape: the figures of
+        every type the queue knows (None while Redis does not answer), then
+        render()."""
         self.scrapes += 1
         try:
             figures = await self.figures(queue, fresh)
@@ -509,7 +607,27 @@ class Exposition:
             age = (self.clock.seconds() - figures.started, figures.took)
             return await self.render(figures.stats, accept, age)
         finally:
-            self.scrapes -= 1
+            self._scrape_ended()
+
+    def _scrape_ended(self):
+        self.scrapes -= 1
+        if not self.scrapes and self.unscraped:
+            # a turn later: the route sends what it rendered right away
+            self.reactor.callLater(0, self._no_scrape)
+
+    def _no_scrape(self):
+        if not self.scrapes:
+            waiting, self.unscraped = self.unscraped, []
+            for d in waiting:
+                d.callback(None)
+
+    def no_scrape(self):
+        """A Deferred that fires once no scrape is being rendered or sent."""
+        d = Deferred()
+        self.unscraped.append(d)
+        if not self.scrapes:
+            self.reactor.callLater(0, self._no_scrape)
+        return d
 
     async def figures(self, queue, fresh=False):
         """The Figures a scrape shows: the last snapshot, with the next one
@@ -522,6 +640,7 @@ class Exposition:
         if not fresh:  # a person's fresh reads do not set the scrapers' pace
             if self.last_scrape is not None:
                 self.interval = now - self.last_scrape
+                self.intervals.append(self.interval)
             self.last_scrape = now
         stale = STALE_AFTER if interval is None else max(STALE_AFTER, 1.5 * interval)
         if fresh or snapshot is None or now - snapshot.started > stale:
@@ -548,13 +667,15 @@ class Exposition:
         last = self.snapshot
         if last is None or figures.started >= last.started + last.took:
             self.snapshot = figures
+            if last is not None:  # a scrape rendering it keeps what it needs
+                self.release(list(last.stats))
         return figures
 
     def refresh_window(self):
         """Seconds a background read spreads its calls over."""
-        if self.interval is None:
+        if not self.intervals:
             return REFRESH_WINDOW
-        return min(REFRESH_WINDOW, REFRESH_SHARE * self.interval)
+        return min(REFRESH_WINDOW, REFRESH_SHARE * min(self.intervals))
 
     async def _read(self, queue, window=None):
         """Figures read one call after another, each at a turn: at once, or
@@ -577,6 +698,12 @@ class Exposition:
         and swapped in whole at the end.  A failure ends it (the next
         scrape reads at once)."""
         try:
+            # the scrape that started it is answered first: its work and
+            # the read's first calls at once held the reactor in turn
+            await self.no_scrape()
+            # and once the scraper has it (the end of the answer is still
+            # on its way as the last write returns)
+            await deferLater(self.reactor, REFRESH_DELAY)
             await self.turn()
             self._keep(await self._read(queue, self.refresh_window()))
         except RedisUnavailable:
@@ -609,8 +736,20 @@ class Exposition:
                 waiting.idle()
 
 
+def _release(items, step=RELEASE_STEP):
+    """Empty a list or a dict, step items a step."""
+    pop = items.popitem if isinstance(items, dict) else items.pop
+    while items:
+        for _ in range(min(step, len(items))):
+            pop()
+        yield
+
+
 def _in_order(stats, types):
-    """The TypeStats in the order of the types."""
+    """The TypeStats in the order of the types (read in that order on one
+    Redis; on a cluster, master by master)."""
+    if [s.queue_type for s in stats] == types:
+        return stats
     order = {t: i for i, t in enumerate(types)}
     return sorted(stats, key=lambda s: order[s.queue_type])
 
@@ -619,7 +758,12 @@ class _Turn:
     """f(*args) at a scrape's next turn: at once if no other request is in
     flight, else when the last one ends (Exposition.request_ended) and
     what it wrote has gone out, or BUSY_PAUSE at the latest.  cancel() as
-    a DelayedCall's (a Cooperator's scheduler returns it)."""
+    a DelayedCall's (a Cooperator's scheduler returns it).
+
+    The turn and its DelayedCall refer to each other until it runs or is
+    cancelled, when the link is dropped: a scrape takes thousands of
+    turns, and left as cycles they would wait for the garbage collector,
+    whose pass over them held the reactor for 5-20 ms (bench/scrape.py)."""
 
     def __init__(self, exposition, f, *args):
         self.exposition = exposition
@@ -643,13 +787,15 @@ class _Turn:
         self.call = self.reactor.callLater(0, self.run)
 
     def run(self):
+        self.call = None
         self.exposition.waiting.discard(self)
         self.f(*self.args)
 
     def cancel(self):
         self.exposition.waiting.discard(self)
-        if self.call.active():
+        if self.call is not None and self.call.active():
             self.call.cancel()
+        self.call = None
 
 
 class OwnMetricsResource(Resource):
