@@ -150,12 +150,14 @@ def gauge(body, name):
     return float(body[at + len(name) + 2:body.index(b"\n", at + 1)])
 
 
-def scrape_loop(port, every, stop, windows, nice, idle):
-    """Scrape every `every` s until stop; then send, on the monotonic
-    clock, the (start, end) of each GET and of each background read of
-    the figures that the scrapes showed, through the pipe windows (the
-    read the last GET started is not known: its window is after the
-    last GET's start)."""
+def scrape_loop(port, every, commands, nice, idle):
+    """At each "start" through the pipe commands, scrape every `every` s
+    until "stop"; then send back, on the monotonic clock, the (start, end)
+    of each GET and of each background read of the figures that the
+    scrapes showed (the read the last GET started is not known: its window
+    is after the last GET's start).  One process for every block, forked
+    before the first: the copy-on-write faults that follow a fork slowed
+    the enqueuing parent at each block's first GET.  "exit" ends it."""
     # The scraper stands in for Prometheus, which runs on another host: at
     # nice 19 its own CPU (reading 700 kB in Python) does not take a core
     # from the enqueuer, sharqd or Redis on a small machine, which would
@@ -165,10 +167,8 @@ def scrape_loop(port, every, stop, windows, nice, idle):
     if idle:  # runs only on a core nothing else wants, and yields it at once
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    gets, reads = [], []
-    first = time.monotonic()  # reads that began before are not this block's
 
-    def scrape():
+    def scrape(first, reads):
         started = time.monotonic()
         _, body = timed_get(conn, "/prometheus")
         age = gauge(body, "sharqd_redis_figures_age_seconds")
@@ -180,10 +180,15 @@ def scrape_loop(port, every, stop, windows, nice, idle):
                 not reads or begun > reads[-1][0] + 0.05):  # a read seen twice
             reads.append((begun, begun + took))
         return started, time.monotonic()
-    while not stop.is_set():
-        gets.append(scrape())
-        stop.wait(every)
-    windows.send((gets, reads))
+    while commands.recv() == "start":
+        gets, reads = [], []
+        first = time.monotonic()  # reads that began before are not this block's
+        while True:
+            gets.append(scrape(first, reads))
+            if commands.poll(every):
+                commands.recv()  # "stop"
+                break
+        commands.send((gets, reads))
 
 
 def split(latencies, spans):
@@ -271,18 +276,18 @@ def enqueue_run(port, args, tag):
     the blocks spreads what else the machine does over both."""
     block = args.seconds / args.blocks
     baseline, busy, gets, reads, spans = [], [], [], [], []
+    commands, theirs = multiprocessing.Pipe()
+    scraper = multiprocessing.Process(target=scrape_loop,
+                                      args=(port, args.every, theirs,
+                                            args.scraper_nice, args.scraper_idle))
+    scraper.start()
+    time.sleep(1)  # the fork's copy-on-write faults over before the first block
     for b in range(args.blocks):
         baseline += enqueue_latencies(port, block, f"{tag}a{b}-")
-        stop = multiprocessing.Event()
-        receive, send = multiprocessing.Pipe(duplex=False)
-        scraper = multiprocessing.Process(target=scrape_loop,
-                                          args=(port, args.every, stop, send,
-                                                args.scraper_nice, args.scraper_idle))
-        scraper.start()
+        commands.send("start")
         scraped = enqueue_latencies(port, block, f"{tag}b{b}-")
-        stop.set()
-        block_gets, block_reads = receive.recv()
-        scraper.join()
+        commands.send("stop")
+        block_gets, block_reads = commands.recv()
         # the background read the last GET started, whose window no GET
         # showed: the enqueues from that GET on are in no group, and the
         # next baseline block waits for that read to end
@@ -293,6 +298,8 @@ def enqueue_run(port, args, tag):
         gets += block_gets[:-1]
         reads += block_reads
         enqueue_latencies(port, args.every, f"{tag}c{b}-")
+    commands.send("exit")
+    scraper.join()
     during_get, rest = split(busy, gets)
     during_read, neither = split(rest, reads)
     during_get = [t for t, _ in during_get]

@@ -119,10 +119,12 @@ class PiecesTests(SynchronousTestCase):
                          encode(stats, own.collect(), "", 100000))
 
     def test_an_answer_goes_out_in_chunks_one_a_turn(self):
-        """When a 700 kB answer is sent, it goes out in writes of about
-        CHUNK bytes, one a turn of the reactor, in order and whole."""
+        """When a 700 kB answer is sent while other requests are in flight,
+        it goes out in writes of about CHUNK bytes, one a turn of the
+        reactor, in order and whole."""
         reactor = _Turns()
         exposition = Exposition(_Whole([]), reactor)
+        exposition.in_flight = lambda: 2  # this scrape's request and another
         parts = [b"%06d\n" % i * 10 for i in range(10000)]
         writes, turns, done = [], 0, []
         Deferred.fromCoroutine(exposition.send(writes.append, parts)).addCallback(done.append)
@@ -303,6 +305,25 @@ class ReadTests(SynchronousTestCase):
             self.assertLessEqual(len(queue.calls), 1)
         self.assertEqual([s.queue_type for s in self.successResultOf(result).stats],
                          queue.types)
+
+    def test_a_background_read_comes_in_bursts(self):
+        """When the figures are read over a window, the calls come in bursts
+        of READ_BURST calls one after the other, the bursts spread evenly
+        over the window."""
+        clock, queue = Clock(), _Queue([f"t{i:02d}" for i in range(20)])  # 10 calls
+        exposition = Exposition(_Whole([]), clock)
+        read = Deferred.fromCoroutine(exposition._read(queue, window=3.0))
+        bursts = []
+        while clock.getDelayedCalls():
+            clock.advance(min(c.getTime() for c in clock.getDelayedCalls()) - clock.seconds())
+            calls = 0
+            while queue.calls:
+                queue.answer_first()
+                calls += 1
+            bursts.append((clock.seconds(), calls))
+        self.assertEqual(prometheus.READ_BURST, 4)
+        self.assertEqual(bursts, [(1.0, 4), (2.0, 4), (3.0, 2)])
+        self.assertEqual(len(self.successResultOf(read).stats), 20)
 
     def test_a_turn_after_a_request_lets_the_reactor_send_first(self):
         """When the last other request ends, the scrape's next turn comes

@@ -7,6 +7,7 @@ redis-server.
 
 import json
 
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -105,8 +106,8 @@ class SnapshotTests(_Scrapes):
     async def test_a_scrape_shows_the_snapshot_and_the_next_the_new_figures(self):
         """When the figures change between two scrapes, the second shows the
         old ones with their age and reads the new ones in the background,
-        its calls spread evenly over 3/4 of the time between the scrapes;
-        the third shows the new ones."""
+        its calls in bursts spread evenly over 3/4 of the time between the
+        scrapes; the third shows the new ones."""
         for qtype in ("sms", "mail", "push"):
             await self.enqueue("a", qtype)
         await self.scrape()
@@ -116,12 +117,12 @@ class SnapshotTests(_Scrapes):
         found = await self.scrape()
         self.assertEqual(found[("sharqd_jobs_pending", SMS)], 1)
         self.assertEqual(found[("sharqd_redis_figures_age_seconds", frozenset())], 8)
-        # the types' names are read, then the first of 2 calls (2 types a
-        # call) waits a gap of 6 s / 2
+        # the types' names are read, then the burst of the 2 calls (2 types
+        # a call, up to READ_BURST calls a burst) waits the whole 6 s
         await self.waiting_on_clock()
         self.assertEqual(self.queue.reads - reads, 1)
         [call] = self.clock.getDelayedCalls()
-        self.assertEqual(call.getTime() - self.clock.seconds(), 0.75 * 8 / 2)
+        self.assertEqual(call.getTime() - self.clock.seconds(), 0.75 * 8)
         self.assertEqual(await self.run_refresh(), 0.75 * 8)
         self.assertEqual(self.queue.reads - reads, 3)
         self.clock.advance(2)
@@ -129,6 +130,35 @@ class SnapshotTests(_Scrapes):
         self.assertEqual(found[("sharqd_jobs_pending", SMS)], 2)
         self.assertEqual(found[("sharqd_redis_figures_age_seconds", frozenset())], 8)
         self.assertEqual(found[("sharqd_redis_figures_read_seconds", frozenset())], 6)
+
+    async def test_a_scrape_after_a_background_read_finds_it_encoded(self):
+        """When a background read has ended, the next scrape shows its
+        figures without encoding any queue family again: they were encoded
+        as the read ended, in the format of the scrapes before."""
+        for qtype in ("sms", "mail", "push"):
+            await self.enqueue("a", qtype)
+        await self.scrape()
+        await self.enqueue("b")
+        self.clock.advance(8)
+        await self.scrape()
+        await self.run_refresh()
+        encoded = []
+
+        def counting(accept):
+            encoder, content_type = choose_encoder(accept)
+
+            def encode(collector):
+                encoded.extend(f.name for f in collector.collect())
+                return encoder(collector)
+            return encode, content_type
+        self.patch(prometheus, "choose_encoder", counting)
+        self.clock.advance(2)
+        found = await self.scrape()
+        self.assertEqual(found[("sharqd_jobs_pending", SMS)], 2)
+        self.assertTrue(encoded)  # this process's figures, the snapshot's age
+        self.assertEqual([n for n in encoded if n.startswith(("sharqd_jobs", "sharqd_queues",
+                                                              "sharqd_dead", "sharqd_oldest",
+                                                              "sharqd_enqueue"))], [])
 
     async def test_fresh_is_current(self):
         """When a scrape asks for fresh figures, they are read at once,
