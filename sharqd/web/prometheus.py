@@ -509,8 +509,9 @@ class Exposition:
         self.snapshot = None  # the last Figures read, None until a read works
         self.refreshing = False  # a background read runs
         self.last_scrape = None  # clock seconds of the last scrape
-        self.interval = None  # seconds between the last two scrapes
-        self.intervals = deque(maxlen=PACE_SCRAPES - 1)  # and the ones before
+        # seconds between each two of the last PACE_SCRAPES scrapes, the
+        # last two's last
+        self.intervals = deque(maxlen=PACE_SCRAPES - 1)
         self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
         self.accepts = {}  # content type -> the Accept of the last scrape in it
         self.families = []  # the processes' families the last scrape showed
@@ -657,11 +658,11 @@ class Exposition:
         while Redis does not answer: the snapshot is dropped, so the first
         scrape once Redis is back reads at once."""
         now = self.clock.seconds()
-        snapshot, interval = self.snapshot, self.interval
+        snapshot = self.snapshot
+        interval = self.intervals[-1] if self.intervals else None
         if not fresh:  # a person's fresh reads do not set the scrapers' pace
             if self.last_scrape is not None:
-                self.interval = now - self.last_scrape
-                self.intervals.append(self.interval)
+                self.intervals.append(now - self.last_scrape)
             self.last_scrape = now
         stale = STALE_AFTER if interval is None else max(STALE_AFTER, 1.5 * interval)
         if fresh or snapshot is None or now - snapshot.started > stale:
