@@ -38,6 +38,7 @@ class ServerSection:
     max_connections: int = 10000
     max_waiters: int = 5000
     log_format: str = "text"
+    prometheus_refresh: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,18 @@ def _positive_seconds(text):
     return value
 
 
+def _seconds_up_to(most):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("must be a number of seconds")
+        if not 0 <= value <= most:
+            raise ValueError(f"must be from 0 to {most} seconds")
+        return value
+    return parse
+
+
 def _boolean(text):
     states = {"true": True, "yes": True, "on": True, "1": True,
               "false": False, "no": False, "off": False, "0": False}
@@ -207,6 +220,7 @@ _SERVER_KEYS = {
     "max_connections": _int_between(1, 10**6),
     "max_waiters": _int_between(0, 10**6),
     "log_format": _one_of("text", "json"),
+    "prometheus_refresh": _seconds_up_to(3600),
 }
 _REDIS_KEYS = {
     "db": _int_between(0, 1000000),

@@ -260,7 +260,8 @@ def makeService(options, reactor=None):
     if folder is not None:
         MetricsSocketService(folder, options["worker"], metrics, reactor,
                              own_folder=options["metrics-dir"] is None).setServiceParent(top)
-    exposition = Exposition(metrics, reactor, folder, options["worker"])
+    exposition = Exposition(metrics, reactor, folder, options["worker"],
+                            refresh_every=server.prometheus_refresh)
     api = Api(queue, config.sharq.default_job_requeue_limit, waiters, exposition,
               workers=config.server.workers, redis_address=redis.describe())
     resource, reload_tokens, admit = guarded(config, api.resource())

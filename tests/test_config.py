@@ -95,6 +95,9 @@ def test_defaults(tmp_path):
     assert config.redis.key_prefix == "sharq_server"
     assert config.redis.password == ""
     assert config.redis.timeout == 2.0
+    assert config.server.prometheus_refresh == 10.0
+    assert Config.from_file(write(tmp_path, "[sharq-server]\nprometheus_refresh : 0\n")
+                            ).server.prometheus_refresh == 0
 
 
 def test_both_delimiters_and_comments(tmp_path):
@@ -131,6 +134,8 @@ def test_not_ini_is_one_line(tmp_path):
     ("sharq-server", "workers", "0"),
     ("sharq-server", "max_request_size", "1.5"),
     ("sharq-server", "log_format", "xml"),
+    ("sharq-server", "prometheus_refresh", "-1"),
+    ("sharq-server", "prometheus_refresh", "often"),
     ("redis", "db", "one"),
     ("redis", "port", "0"),
     ("redis", "conn_type", "udp_sock"),

@@ -160,6 +160,25 @@ class SnapshotTests(_Scrapes):
                                                               "sharqd_dead", "sharqd_oldest",
                                                               "sharqd_enqueue"))], [])
 
+    async def test_scrapes_of_one_snapshot_send_its_figures_as_encoded(self):
+        """When two scrapes show the same snapshot, the second sends the
+        figures by type the first encoded, without going over the types
+        again, and both show the same figures."""
+        self.exposition.refresh_every = 10
+        for qtype in ("sms", "mail", "push"):
+            await self.enqueue("a", qtype)
+        first = await self.scrape()
+        walks = []
+        columns = prometheus._type_columns
+        self.patch(prometheus, "_type_columns",
+                   lambda *args: walks.append(args) or columns(*args))
+        self.clock.advance(2)
+        second = await self.scrape()
+        self.assertEqual(walks, [])
+        self.assertEqual({k: v for k, v in second.items() if k[0].startswith("sharqd_jobs")},
+                         {k: v for k, v in first.items() if k[0].startswith("sharqd_jobs")})
+        self.assertEqual(second[("sharqd_redis_figures_age_seconds", frozenset())], 2)
+
     async def test_fresh_is_current(self):
         """When a scrape asks for fresh figures, they are read at once,
         without a background read."""
@@ -197,6 +216,31 @@ class SnapshotTests(_Scrapes):
         self.clock.advance(20)
         await self.scrape()
         self.assertEqual(await self.run_refresh(), 0.75 * 4)
+
+    async def test_no_read_before_the_snapshot_is_refresh_every_old(self):
+        """When scrapes come every 2 s and refresh_every is 10 s, the
+        scrapes show the snapshot read at the first one until it is 10 s
+        old, with no read meanwhile; the scrape at 10 s starts the read
+        the one after it shows."""
+        self.exposition.refresh_every = 10
+        await self.enqueue("a")
+        await self.scrape()
+        reads = self.queue.reads
+        await self.enqueue("b")
+        for _ in range(4):
+            self.clock.advance(2)
+            found = await self.scrape()
+            self.assertEqual(found[("sharqd_jobs_pending", SMS)], 1)
+            self.assertFalse(self.exposition.refreshing)
+        self.assertEqual(self.queue.reads, reads)
+        self.clock.advance(2)
+        await self.scrape()
+        self.assertTrue(self.exposition.refreshing)
+        await self.run_refresh()
+        self.assertGreater(self.queue.reads, reads)
+        self.clock.advance(2)
+        found = await self.scrape()
+        self.assertEqual(found[("sharqd_jobs_pending", SMS)], 2)
 
     async def test_no_read_without_scrapes(self):
         """When no scrape comes, nothing reads Redis and no timer waits."""

@@ -82,6 +82,12 @@ MIN_GAP = 0.002  # seconds between two bursts of a background read, at least
 READ_BURST = 4
 REFRESH_DELAY = 0.02  # seconds from a scrape's answer to the read it started
 STALE_AFTER = 60.0
+# The background read a scrape starts is what costs the enqueues meanwhile:
+# spread out as it is, it still slowed them by 0.02-0.03 ms at the median
+# with 1,000 types and a scrape every 2 s (bench/scrape.py).  So a scrape
+# starts one only once the snapshot is that many seconds old
+# ([sharq-server] prometheus_refresh, 10 by default; 0: at every scrape).
+REFRESH_EVERY = 0.0
 
 # name, help, TypeStats attribute
 GAUGES = (
@@ -153,18 +159,29 @@ def _column_steps(stats, size, age=None):
     and the value of its i-th sample: columns compare and slice in C, not
     in a Python loop per sample.  None between steps of LIST_STEP types:
     with 1,000 types a column's lists take up to 0.4 ms to build."""
+    yield from _head_columns(stats, size, age)
+    if stats is not None:
+        yield from _type_columns(stats, size)
+
+
+def _head_columns(stats, size, age=None):
+    """The columns of a scrape's own: whether Redis answered it, and the
+    age of the figures shown (see queue_families)."""
     yield (GaugeMetricFamily, "sharqd_redis_up", "1 when Redis answered this scrape, else 0.",
            [], [()], [0 if stats is None else 1], size)
-    if stats is None:
+    if stats is None or age is None:
         return
-    if age is not None:
-        yield (GaugeMetricFamily, "sharqd_redis_figures_age_seconds",
-               "Seconds since the read of the queue figures shown began: they are "
-               "a snapshot, read in the background between scrapes.",
-               [], [()], [round(age[0], 3)], size)
-        yield (GaugeMetricFamily, "sharqd_redis_figures_read_seconds",
-               "Seconds the read of the queue figures shown took (a background "
-               "read is spread out on purpose).", [], [()], [round(age[1], 3)], size)
+    yield (GaugeMetricFamily, "sharqd_redis_figures_age_seconds",
+           "Seconds since the read of the queue figures shown began: they are "
+           "a snapshot, read in the background between scrapes.",
+           [], [()], [round(age[0], 3)], size)
+    yield (GaugeMetricFamily, "sharqd_redis_figures_read_seconds",
+           "Seconds the read of the queue figures shown took (a background "
+           "read is spread out on purpose).", [], [()], [round(age[1], 3)], size)
+
+
+def _type_columns(stats, size):
+    """The columns of the figures by queue type."""
     types = []
     yield from _gathered(stats, lambda part: [(s.queue_type,) for s in part], types)
     for name, doc, attr in GAUGES:
@@ -402,7 +419,12 @@ def _split(family, size):
 def _steps(pieces, stats, families, size=PIECE, age=None):
     """The encoding of a scrape, one piece of at most `size` samples per
     step (Cooperator drives it)."""
-    for column in _column_steps(stats, size, age):
+    yield from _column_pieces(pieces, _column_steps(stats, size, age))
+    yield from _family_steps(pieces, families, size)
+
+
+def _column_pieces(pieces, columns):
+    for column in columns:
         if column is None or pieces.add_column(column):
             yield
             continue
@@ -411,6 +433,9 @@ def _steps(pieces, stats, families, size=PIECE, age=None):
             pieces.add_made(rows, make, first)
             yield
         pieces.keep_column(column, start)
+
+
+def _family_steps(pieces, families, size=PIECE):
     for family in families:
         for piece, first in _split(family, size):
             pieces.add(piece, first)
@@ -490,8 +515,12 @@ class Exposition:
 
     log = Logger()
 
-    def __init__(self, own, reactor, folder=None, worker=1, clock=None):
+    def __init__(self, own, reactor, folder=None, worker=1, clock=None,
+                 refresh_every=REFRESH_EVERY):
         self.own = own
+        # seconds from the start of one read of the figures to the next's
+        # at least (see REFRESH_EVERY)
+        self.refresh_every = refresh_every
         self.reactor = reactor
         # the snapshot's age and the pace of its background reads
         self.clock = reactor if clock is None else clock
@@ -512,7 +541,13 @@ class Exposition:
         # seconds between each two of the last PACE_SCRAPES scrapes, the
         # last two's last
         self.intervals = deque(maxlen=PACE_SCRAPES - 1)
-        self.encoded = {}  # content type -> the last scrape's pieces (_Pieces)
+        # content type -> the last scrape's pieces (_Pieces.encoded) of its
+        # own gauges and the processes' families
+        self.encoded = {}
+        # content type -> (the snapshot's TypeStats, their _Pieces): the
+        # figures by type encoded once per snapshot; a scrape of the same
+        # snapshot sends them as they are
+        self.types = {}
         self.accepts = {}  # content type -> the Accept of the last scrape in it
         self.families = []  # the processes' families the last scrape showed
         self.cooperator = Cooperator(
@@ -573,15 +608,37 @@ class Exposition:
         """render() once the families of the processes are collected; what
         it encodes is kept for the next one in the same format."""
         encoder, content_type = choose_encoder(accept)
+        types = await self._types_encoded(stats, encoder, content_type)
         last = self.encoded.get(content_type)
         pieces = _Pieces(encoder, last)
-        await self.cooperator.coiterate(_steps(pieces, stats, families, age=age))
+        await self.cooperator.coiterate(
+            _column_pieces(pieces, _head_columns(stats, PIECE, age)))
+        head = len(pieces.out)
+        await self.cooperator.coiterate(_family_steps(pieces, families))
         if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
             self.encoded[content_type] = pieces.encoded
             self.accepts[content_type] = accept
             if last is not None:  # a scrape that still reads it encodes afresh
                 self.release(last)
-        return content_type, pieces.parts()
+        return content_type, pieces.out[:head] + types + pieces.parts()[head:]
+
+    async def _types_encoded(self, stats, encoder, content_type):
+        """The parts of the figures by type: those of the last scrape of
+        the same snapshot in the same format, else encoded, reusing what
+        did not change since (with 1,000 types, going over the columns to
+        find that out was half of a scrape's CPU)."""
+        if stats is None:
+            return []
+        kept = self.types.get(content_type)
+        if kept is not None and kept[0] is stats:
+            return kept[1].out
+        pieces = _Pieces(encoder, None if kept is None else kept[1].encoded)
+        await self.cooperator.coiterate(_column_pieces(pieces, _type_columns(stats, PIECE)))
+        if content_type in self.types or len(self.types) < KEPT_FORMATS:
+            self.types[content_type] = (stats, pieces)
+            if kept is not None:  # a scrape that still reads it encodes afresh
+                self.release(kept[1].encoded)
+        return pieces.out
 
     async def _encode_ahead(self, figures):
         """Encode a new snapshot in the formats of the last scrapes, with
@@ -653,7 +710,8 @@ class Exposition:
 
     async def figures(self, queue, fresh=False):
         """The Figures a scrape shows: the last snapshot, with the next one
-        read in the background for the next scrape; read at once when there
+        read in the background for the next scrape once the last one is
+        refresh_every seconds old; read at once when there
         is none yet, when it is stale, or when asked for (fresh).  None
         while Redis does not answer: the snapshot is dropped, so the first
         scrape once Redis is back reads at once."""
@@ -664,7 +722,9 @@ class Exposition:
             if self.last_scrape is not None:
                 self.intervals.append(now - self.last_scrape)
             self.last_scrape = now
-        stale = STALE_AFTER if interval is None else max(STALE_AFTER, 1.5 * interval)
+        stale = max(STALE_AFTER, 2 * self.refresh_every)
+        if interval is not None:
+            stale = max(stale, 1.5 * interval)
         if fresh or snapshot is None or now - snapshot.started > stale:
             try:
                 return self._keep(await self.read_figures(queue))
@@ -676,7 +736,7 @@ class Exposition:
         except RedisUnavailable:
             self.snapshot = None
             return None
-        if not self.refreshing:
+        if not self.refreshing and now - snapshot.started >= self.refresh_every:
             self.refreshing = True
             Deferred.fromCoroutine(self._refresh(queue))
         return snapshot
