@@ -24,7 +24,8 @@ its own, filled straight in Redis with QUEUES queues over TYPES queue types
    when both lie under the 95th percentile of the resampled ones.  With
    `--runs N` the enqueue phases are run N times on the same server.
 
-The scraping process runs at nice 19 (`--scraper-nice`): it stands in for
+Scrapes take gzip, as Prometheus does (`--gzip 0`: plain).  The scraping
+process runs at nice 19 (`--scraper-nice`): it stands in for
 Prometheus on another host, and on a 2-core machine its own CPU would
 otherwise delay the enqueues during scrapes whatever sharqd does (with a
 scrape of 1 type, 4 ms: p50 0.93 ms during scrapes against 0.40 between).
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from bisect import bisect_left
 from pathlib import Path
 
@@ -58,6 +60,7 @@ from servers import RedisServer, free_port  # noqa: E402
 from sharqd.queue.operations import SCRIPTS  # noqa: E402
 
 PREFIX = "scrape"
+WIRE = {}  # path -> bytes of its last answer on the wire
 BATCH = 1000
 
 
@@ -115,13 +118,19 @@ def process_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed_get(conn, path):
+def timed_get(conn, path, gzip=False):
+    """(seconds, body) of a GET; with gzip, asking for it as Prometheus
+    does, the body inflated (its size on the wire in WIRE[path])."""
     started = time.perf_counter()
-    conn.request("GET", path)
+    conn.request("GET", path, headers={"Accept-Encoding": "gzip"} if gzip else {})
     response = conn.getresponse()
     body = response.read()
     assert response.status == 200, (path, response.status, body[:200])
-    return time.perf_counter() - started, body
+    took = time.perf_counter() - started
+    WIRE[path] = len(body)
+    if response.getheader("content-encoding") == "gzip":
+        body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+    return took, body
 
 
 def enqueue_latencies(port, seconds, tag):
@@ -150,7 +159,7 @@ def gauge(body, name):
     return float(body[at + len(name) + 2:body.index(b"\n", at + 1)])
 
 
-def scrape_loop(port, every, commands, nice, idle):
+def scrape_loop(port, every, commands, nice, idle, gzip):
     """At each "start" through the pipe commands, scrape every `every` s
     until "stop"; then send back, on the monotonic clock, the (start, end)
     of each GET and of each background read of the figures that the
@@ -170,7 +179,7 @@ def scrape_loop(port, every, commands, nice, idle):
 
     def scrape(first, reads):
         started = time.monotonic()
-        _, body = timed_get(conn, "/prometheus")
+        _, body = timed_get(conn, "/prometheus", gzip)
         age = gauge(body, "sharqd_redis_figures_age_seconds")
         took = gauge(body, "sharqd_redis_figures_read_seconds")
         # a read made in the background (not at once for this GET): its
@@ -279,7 +288,8 @@ def enqueue_run(port, args, tag):
     commands, theirs = multiprocessing.Pipe()
     scraper = multiprocessing.Process(target=scrape_loop,
                                       args=(port, args.every, theirs,
-                                            args.scraper_nice, args.scraper_idle))
+                                            args.scraper_nice, args.scraper_idle,
+                                            args.gzip))
     scraper.start()
     time.sleep(1)  # the fork's copy-on-write faults over before the first block
     for b in range(args.blocks):
@@ -348,6 +358,8 @@ def main():
                         help="niceness of the scraping process (0: as the others)")
     parser.add_argument("--scraper-idle", type=int, default=1,
                         help="1: the scraping process runs under SCHED_IDLE (0: nice only)")
+    parser.add_argument("--gzip", type=int, default=1,
+                        help="1: scrapes take gzip, as Prometheus does (0: plain)")
     parser.add_argument("--blocks", type=int, default=5,
                         help="pairs of blocks (enqueues alone, then with scrapes) a run "
                              "alternates, seconds / blocks each")
@@ -367,8 +379,8 @@ def main():
         redis.client.call(b"SLOWLOG", b"RESET")
         # the first scrape reads the figures at once; the others answer
         # from the snapshot (each starts the next background read)
-        first = timed_get(conn, "/prometheus")[0]
-        scrapes = [timed_get(conn, "/prometheus") for _ in range(args.scrapes)]
+        first = timed_get(conn, "/prometheus", args.gzip)[0]
+        scrapes = [timed_get(conn, "/prometheus", args.gzip) for _ in range(args.scrapes)]
         # the figures read at once, as the first scrape of a process does
         cpu = process_cpu(proc.pid)
         fresh = [timed_get(conn, "/prometheus?fresh=1") for _ in range(args.scrapes)]
@@ -394,13 +406,15 @@ def main():
             "longest_redis_call_us": longest,
             "sharqd_cpu_s_per_fresh_scrape": round(cpu_per_fresh, 3),
             "scrape_bytes": len(scrapes[-1][1]),
+            "scrape_wire_bytes": WIRE["/prometheus"],
+            "gzip": bool(args.gzip),
             "scrape_every_s": args.every,
             "load_average": os.getloadavg()[0],
             "runs": [],
         }
         print(f"{args.types} types, {args.queues} queues: first scrape {first:.3f} s, "
               f"scrape {result['scrape_s_median']} s (max {result['scrape_s_max']} s, "
-              f"{result['scrape_bytes']} bytes), ?fresh=1 {result['fresh_scrape_s_median']} s "
+              f"{result['scrape_bytes']} bytes, {result['scrape_wire_bytes']} on the wire), ?fresh=1 {result['fresh_scrape_s_median']} s "
               f"(max {result['fresh_scrape_s_max']} s, "
               f"{result['sharqd_cpu_s_per_fresh_scrape']} s of sharqd CPU), "
               f"/queues/ {result['queues_route_s_median']} s, longest Redis call "

@@ -9,6 +9,7 @@ import re
 import signal
 import time
 import urllib.request
+import zlib
 
 import pytest
 from openapi_spec_validator import validate
@@ -367,6 +368,43 @@ def test_prometheus_openmetrics_when_asked(server):
     assert body.endswith(b"# EOF\n")
 
 
+
+
+def _answer(server, path, headers):
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
+                                     headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers, response.read()
+
+
+@pytest.mark.slow
+def test_prometheus_gzip_when_asked(server):
+    """When the scraper takes gzip (as Prometheus does), the answer is one
+    gzip member holding the same figures as the plain answer, in the text
+    format and in OpenMetrics; gzip;q=0 gets the plain answer."""
+    for i in range(3):
+        server.request("POST", f"/enqueue/sms/user{i}/",
+                       {"job_id": f"j{i}", "interval": 0, "payload": {}})
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        plain_headers, plain = _answer(server, "/prometheus", {"Accept": accept})
+        for _ in range(2):  # the second deflates only what it adds to the snapshot's
+            headers, body = _answer(server, "/prometheus",
+                                    {"Accept": accept, "Accept-Encoding": "gzip"})
+            assert headers["content-encoding"] == "gzip"
+            assert headers["vary"] == "Accept-Encoding"
+            assert headers["content-type"] == plain_headers["content-type"]
+            assert len(body) < len(plain) / 3
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            text = inflater.decompress(body)
+            assert inflater.eof and inflater.unused_data == b""  # one member, whole
+            assert text.endswith(b"# EOF\n") == bool(accept)
+            found, expected = samples(text.decode()), samples(plain.decode())
+            mine = ("sharqd_jobs", "sharqd_queues", "sharqd_dead", "sharqd_enqueue")
+            assert {k: v for k, v in found.items() if k[0].startswith(mine)} == \
+                {k: v for k, v in expected.items() if k[0].startswith(mine)}
+            assert found[("sharqd_jobs_pending", frozenset({("queue_type", "sms")}))] == 3
+    headers, body = _answer(server, "/prometheus", {"Accept-Encoding": "gzip;q=0"})
+    assert headers["content-encoding"] is None and body.startswith(b"# HELP")
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ same samples as prometheus_client's Counter and Histogram would.
 """
 
 import gc
+import gzip
 import random
+import zlib
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
@@ -80,6 +82,32 @@ class _Whole:
 
     def collect(self):
         return self.families
+
+
+class GzipTests(SynchronousTestCase):
+
+    def test_a_member_goes_on_from_a_deflated_run(self):
+        """When parts deflated apart are followed by others in one gzip
+        member, it inflates to all the parts in order and ends there."""
+        first = prometheus._Deflated()
+        for _ in first.steps([b"a" * 1000, b"types\n" * 500, b""]):
+            pass
+        member = b"".join(prometheus.gzip_member(first, [b"head\n", b"own\n" * 300]))
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.assertEqual(inflater.decompress(member),
+                         b"a" * 1000 + b"types\n" * 500 + b"head\n" + b"own\n" * 300)
+        self.assertTrue(inflater.eof)
+        self.assertEqual(inflater.unused_data, b"")
+        empty = b"".join(prometheus.gzip_member(prometheus._Deflated(), [b"only\n"]))
+        self.assertEqual(gzip.decompress(empty), b"only\n")
+
+    def test_accept_encoding(self):
+        """gzip is taken when the header names it without q=0."""
+        for header, taken in (("gzip", True), ("br, gzip;q=0.5", True), ("x-gzip", True),
+                              ("GZIP; q=1.0", True), ("gzip;q=0", False),
+                              ("gzip; q=0.000", False), ("deflate", False), ("", False),
+                              (None, False), ("identity, br", False)):
+            self.assertEqual(prometheus.accepts_gzip(header), taken, header)
 
 
 class PiecesTests(SynchronousTestCase):

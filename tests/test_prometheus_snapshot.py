@@ -5,6 +5,7 @@ read, its calls spread over a window (paced by a task.Clock here), on a real
 redis-server.
 """
 
+import gzip
 import json
 
 from prometheus_client.exposition import choose_encoder
@@ -178,6 +179,23 @@ class SnapshotTests(_Scrapes):
         self.assertEqual({k: v for k, v in second.items() if k[0].startswith("sharqd_jobs")},
                          {k: v for k, v in first.items() if k[0].startswith("sharqd_jobs")})
         self.assertEqual(second[("sharqd_redis_figures_age_seconds", frozenset())], 2)
+
+    async def test_gzip_deflates_the_figures_by_type_once_a_snapshot(self):
+        """When scrapes that take gzip show the same snapshot, its figures
+        by type are deflated for the first only."""
+        self.exposition.refresh_every = 10
+        for qtype in ("sms", "mail", "push"):
+            await self.enqueue("a", qtype)
+        runs = []
+        steps = prometheus._Deflated.steps
+        self.patch(prometheus._Deflated, "steps",
+                   lambda deflated, parts: runs.append(len(parts)) or steps(deflated, parts))
+        for _ in range(3):
+            _, parts = await self.exposition.scrape(self.queue, "", gzip=True)
+            found = samples(gzip.decompress(b"".join(parts)))
+            self.assertEqual(found[("sharqd_jobs_pending", SMS)], 1)
+            self.clock.advance(2)
+        self.assertEqual(len(runs), 1)
 
     async def test_fresh_is_current(self):
         """When a scrape asks for fresh figures, they are read at once,
