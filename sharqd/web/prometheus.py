@@ -88,7 +88,8 @@ STALE_AFTER = 60.0
 # spread out as it is, it still slowed them by 0.02-0.03 ms at the median
 # with 1,000 types and a scrape every 2 s (bench/scrape.py).  So a scrape
 # starts one only once the snapshot is that many seconds old
-# ([sharq-server] prometheus_refresh, 10 by default; 0: at every scrape).
+# ([sharq-server] prometheus_refresh, 10 by default, which tap passes; an
+# Exposition made without it reads at every scrape).
 REFRESH_EVERY = 0.0
 
 # name, help, TypeStats attribute
