@@ -596,9 +596,8 @@ class Exposition:
         # content type -> the last scrape's pieces (_Pieces.encoded) of its
         # own gauges and the processes' families
         self.encoded = {}
-        # content type -> (the snapshot's TypeStats, their _Pieces): the
-        # figures by type encoded once per snapshot; a scrape of the same
-        # snapshot sends them as they are
+        # content type -> _TypesEncoded: the figures by type encoded once
+        # per snapshot; a scrape of the same snapshot sends them as they are
         self.types = {}
         self.accepts = {}  # content type -> the Accept of the last scrape in it
         self.gzipped = {}  # content type -> whether its last scrape took gzip
