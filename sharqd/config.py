@@ -129,11 +129,15 @@ def _int_between(low, high):
     return parse
 
 
-def _positive_seconds(text):
+def _seconds(text):
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise ValueError("must be a number of seconds")
+
+
+def _positive_seconds(text):
+    value = _seconds(text)
     if not 0 < value <= 3600:
         raise ValueError("must be more than 0 and at most 3600 seconds")
     return value
@@ -141,10 +145,7 @@ def _positive_seconds(text):
 
 def _seconds_up_to(most):
     def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError("must be a number of seconds")
+        value = _seconds(text)
         if not 0 <= value <= most:
             raise ValueError(f"must be from 0 to {most} seconds")
         return value
