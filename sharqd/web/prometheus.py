@@ -459,6 +459,11 @@ def encode(stats, families, accept, size=PIECE, age=None):
     return content_type, pieces.body()
 
 
+def _deflater():
+    """A raw deflate stream (no zlib header: the gzip member has its own)."""
+    return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+
+
 class _Deflated:
     """Parts deflated as one run of a deflate stream that another may
     follow (it ends on a sync flush, not on the final block), with the
@@ -471,7 +476,7 @@ class _Deflated:
 
     def steps(self, parts):
         """Deflate the parts, one a step (Cooperator drives it)."""
-        deflater = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        deflater = _deflater()
         for part in parts:
             self.parts.append(deflater.compress(part))
             self.crc = zlib.crc32(part, self.crc)
@@ -486,7 +491,7 @@ def gzip_member(first, rest):
     where first's ended (a sync flush ends on a byte, and a deflate block
     may refer back or not), and its CRC-32 goes on from first's."""
     rest = b"".join(rest)
-    deflater = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflater = _deflater()
     tail = deflater.compress(rest) + deflater.flush()
     trailer = struct.pack("<II", zlib.crc32(rest, first.crc),
                           (first.size + len(rest)) & 0xffffffff)
@@ -599,9 +604,8 @@ class Exposition:
         # content type -> _TypesEncoded: the figures by type encoded once
         # per snapshot; a scrape of the same snapshot sends them as they are
         self.types = {}
-        self.accepts = {}  # content type -> the Accept of the last scrape in it
-        self.gzipped = {}  # content type -> whether its last scrape took gzip
-        self.families = []  # the processes' families the last scrape showed
+        # content type -> (the Accept of its last scrape, whether it took gzip)
+        self.formats = {}
         self.cooperator = Cooperator(
             terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
             scheduler=self._schedule)
@@ -653,8 +657,8 @@ class Exposition:
         Accept header (age: see queue_families).  With 1,000 types that is
         tens of milliseconds of Python: it runs in slices (see
         SLICE_SECONDS), with the reactor serving in between."""
-        self.families = await self.process_families()
-        return await self._encode(stats, accept or "", self.families, age, gzip)
+        families = await self.process_families()
+        return await self._encode(stats, accept or "", families, age, gzip)
 
     async def _encode(self, stats, accept, families, age=None, gzip=False):
         """render() once the families of the processes are collected; what
@@ -669,8 +673,7 @@ class Exposition:
         await self.cooperator.coiterate(_family_steps(pieces, families))
         if content_type in self.encoded or len(self.encoded) < KEPT_FORMATS:
             self.encoded[content_type] = pieces.encoded
-            self.accepts[content_type] = accept
-            self.gzipped[content_type] = gzip
+            self.formats[content_type] = (accept, gzip)
             if last is not None:  # a scrape that still reads it encodes afresh
                 self.release(last)
         if gzip:  # the figures by type first: their CRC-32 is kept with them
@@ -708,15 +711,17 @@ class Exposition:
         return types.deflated
 
     async def _encode_ahead(self, figures):
-        """Encode a new snapshot in the formats of the last scrapes, with
-        the processes' families they showed: the next scrape finds it
-        encoded and encodes only what changed since (the processes'
+        """Encode a new snapshot's figures by type in the formats of the
+        last scrapes (deflated too where they took gzip): the next scrape
+        finds them encoded and encodes only its own part (the processes'
         figures, the snapshot's age), a tenth of the work, so that a
         scrape's answer does not make the enqueues that come meanwhile
         wait (bench/scrape.py)."""
-        for content_type, accept in list(self.accepts.items()):
-            await self._encode(figures.stats, accept, self.families,
-                               gzip=self.gzipped.get(content_type, False))
+        for content_type, (accept, gzip) in list(self.formats.items()):
+            types = await self._types_encoded(figures.stats, choose_encoder(accept)[0],
+                                              content_type)
+            if gzip:
+                await self._deflated(types)
 
     async def send(self, write, parts):
         """write(chunk) the parts of a body in chunks of about CHUNK bytes,
