@@ -273,11 +273,17 @@ def server(tmp_path):
     started.stop(signal.SIGKILL)
 
 
-def get(server, path, headers=None):
+def answer(server, path, headers=None):
+    """(status, headers, body) of a GET."""
     request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
                                      headers=headers or {})
     with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, response.headers["content-type"], response.read()
+        return response.status, response.headers, response.read()
+
+
+def get(server, path, headers=None):
+    status, headers, body = answer(server, path, headers)
+    return status, headers["content-type"], body
 
 
 def samples(text):
@@ -370,13 +376,6 @@ def test_prometheus_openmetrics_when_asked(server):
 
 
 
-def _answer(server, path, headers):
-    request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
-                                     headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.headers, response.read()
-
-
 @pytest.mark.slow
 def test_prometheus_gzip_when_asked(server):
     """When the scraper takes gzip (as Prometheus does), the answer is one
@@ -386,10 +385,10 @@ def test_prometheus_gzip_when_asked(server):
         server.request("POST", f"/enqueue/sms/user{i}/",
                        {"job_id": f"j{i}", "interval": 0, "payload": {}})
     for accept in ("", "application/openmetrics-text; version=1.0.0"):
-        plain_headers, plain = _answer(server, "/prometheus", {"Accept": accept})
+        _, plain_headers, plain = answer(server, "/prometheus", {"Accept": accept})
         for _ in range(2):  # the second deflates only what it adds to the snapshot's
-            headers, body = _answer(server, "/prometheus",
-                                    {"Accept": accept, "Accept-Encoding": "gzip"})
+            _, headers, body = answer(server, "/prometheus",
+                                      {"Accept": accept, "Accept-Encoding": "gzip"})
             assert headers["content-encoding"] == "gzip"
             assert headers["vary"] == "Accept-Encoding"
             assert headers["content-type"] == plain_headers["content-type"]
@@ -403,7 +402,7 @@ def test_prometheus_gzip_when_asked(server):
             assert {k: v for k, v in found.items() if k[0].startswith(mine)} == \
                 {k: v for k, v in expected.items() if k[0].startswith(mine)}
             assert found[("sharqd_jobs_pending", frozenset({("queue_type", "sms")}))] == 3
-    headers, body = _answer(server, "/prometheus", {"Accept-Encoding": "gzip;q=0"})
+    _, headers, body = answer(server, "/prometheus", {"Accept-Encoding": "gzip;q=0"})
     assert headers["content-encoding"] is None and body.startswith(b"# HELP")
 
 
