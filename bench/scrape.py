@@ -18,10 +18,11 @@ its own, filled straight in Redis with QUEUES queues over TYPES queue types
    from the next scrape's sharqd_redis_figures_age_seconds and
    sharqd_redis_figures_read_seconds), and the others;
 3. whether all the enqueues with scrapes, and each of the first two
-   groups, are within the noise of the baseline: its p50 and p99 set against those of `--resamples` sets of
-   baseline enqueues, each set gathered over windows as long and as many
-   as the group's (placed at random in the baseline blocks).  "within noise"
-   when both lie under the 95th percentile of the resampled ones.  With
+   groups, are within the noise of the baseline: its p50 and p99 set
+   against those of `--resamples` sets of baseline enqueues, each set
+   gathered over windows as long and as many as the group's (placed at
+   random in the baseline blocks).  "within noise" when both lie under
+   the 95th percentile of the resampled ones.  With
    `--runs N` the enqueue phases are run N times on the same server.
 
 Scrapes take gzip, as Prometheus does (`--gzip 0`: plain).  The scraping
@@ -414,7 +415,8 @@ def main():
         }
         print(f"{args.types} types, {args.queues} queues: first scrape {first:.3f} s, "
               f"scrape {result['scrape_s_median']} s (max {result['scrape_s_max']} s, "
-              f"{result['scrape_bytes']} bytes, {result['scrape_wire_bytes']} on the wire), ?fresh=1 {result['fresh_scrape_s_median']} s "
+              f"{result['scrape_bytes']} bytes, {result['scrape_wire_bytes']} on the wire), "
+              f"?fresh=1 {result['fresh_scrape_s_median']} s "
               f"(max {result['fresh_scrape_s_max']} s, "
               f"{result['sharqd_cpu_s_per_fresh_scrape']} s of sharqd CPU), "
               f"/queues/ {result['queues_route_s_median']} s, longest Redis call "
