@@ -52,8 +52,12 @@ PEER_TIMEOUT = 1.0  # seconds a scrape waits for another worker's metrics
 # keep coming, a turn every BUSY_PAUSE seconds at least.  A turn is one
 # Redis call of the read (a batch of types, Queue.stats_batches: one call
 # in flight at a time), or a slice of the encoding: pieces of at most
-# PIECE samples (~5 µs a sample) for at most SLICE_SECONDS, one piece
-# only while other requests are in flight.
+# PIECE samples (~5 µs a sample) for at most SLICE_SECONDS, whether or
+# not a request came meanwhile: one piece a slice while requests were in
+# flight made a GET take 30-odd turns among the enqueues, whose trips
+# round the reactor cost those enqueues more than the pieces did
+# (bench/scrape.py: 2.3-2.5 ms of extra enqueue time a GET, 1.4-1.8
+# with whole slices).
 SLICE_SECONDS = 0.00005
 PIECE = 8
 BUSY_PAUSE = 0.0005
@@ -508,9 +512,9 @@ def accepts_gzip(header):
     return False
 
 
-def _slices(seconds, busy):
+def _slices(seconds):
     """A Cooperator's termination predicate factory: each slice of work
-    ends once it has run `seconds`, or after one piece when busy().  Each
+    ends once it has run `seconds`.  Each
     begins with a collection of the youngest objects: a scrape makes and
     lets go of tens of thousands of objects, and as CPython counts
     allocations less frees to time its young collections, the new objects
@@ -519,7 +523,7 @@ def _slices(seconds, busy):
     def predicate():
         gc.collect(0)
         end = time.perf_counter() + seconds
-        return lambda: busy() or time.perf_counter() >= end
+        return lambda: time.perf_counter() >= end
     return predicate
 
 
@@ -607,7 +611,7 @@ class Exposition:
         # content type -> (the Accept of its last scrape, whether it took gzip)
         self.formats = {}
         self.cooperator = Cooperator(
-            terminationPredicateFactory=_slices(SLICE_SECONDS, self.busy),
+            terminationPredicateFactory=_slices(SLICE_SECONDS),
             scheduler=self._schedule)
         if folder is not None:
             self.agent = Agent.usingEndpointFactory(reactor, _SocketPaths(reactor, folder))
@@ -629,15 +633,12 @@ class Exposition:
 
     async def process_families(self):
         """Every process's families; labelled by worker when there are
-        several.  This process's are collected one collector's at a turn:
-        all of them at once held the reactor for 0.2-0.7 ms."""
-        own, families = [], iter(self.own.collect())
-        while True:
-            await self.turn()
-            family = next(families, None)
-            if family is None:
-                break
-            own.append(family)
+        several.  This process's are collected a family a step, in the
+        slices of the encoding: all of them at once held the reactor for
+        0.2-0.7 ms, and a turn for each made a GET take 40-odd turns
+        while enqueues came, a trip round the reactor each."""
+        own = []
+        await self.cooperator.coiterate(_into(self.own.collect(), own))
         if self.folder is None:
             return own
         names = self.peers()
@@ -895,6 +896,13 @@ class Exposition:
         if self.waiting and not self.busy():
             for waiting in list(self.waiting):
                 waiting.idle()
+
+
+def _into(items, out):
+    """Append the items to out, one a step."""
+    for item in items:
+        out.append(item)
+        yield
 
 
 def _release(items, step=RELEASE_STEP):
