@@ -194,9 +194,8 @@ def scrape_loop(port, every, commands, nice, idle, gzip):
     os.nice(nice)
     if idle:  # runs only on a core nothing else wants, and yields it at once
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
-    def scrape(path, first, reads):
+    def scrape(conn, path, first, reads):
         started = time.monotonic()
         _, body = timed_get(conn, path, gzip)
         age = gauge(body, "sharqd_redis_figures_age_seconds")
@@ -210,13 +209,17 @@ def scrape_loop(port, every, commands, nice, idle, gzip):
         return started, time.monotonic()
     while (command := commands.recv()) != "exit":
         path = command[1]
+        # a connection a block: sharqd closes one idle for 60 s, as the
+        # scraper's is between two blocks of its kind at a slow pace
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         gets, reads = [], []
         first = time.monotonic()  # reads that began before are not this block's
         while True:
-            gets.append(scrape(path, first, reads))
+            gets.append(scrape(conn, path, first, reads))
             if commands.poll(every):
                 commands.recv()  # "stop"
                 break
+        conn.close()
         commands.send((gets, reads))
 
 
