@@ -514,12 +514,12 @@ def accepts_gzip(header):
 
 def _slices(seconds):
     """A Cooperator's termination predicate factory: each slice of work
-    ends once it has run `seconds`.  Each
-    begins with a collection of the youngest objects: a scrape makes and
-    lets go of tens of thousands of objects, and as CPython counts
-    allocations less frees to time its young collections, the new objects
-    pile up uncollected and one collection later goes over all of them at
-    once (3-4 ms with 1,000 types, bench/scrape.py)."""
+    ends once it has run `seconds`.  Each begins with a collection of the
+    youngest objects: a scrape makes and lets go of tens of thousands of
+    objects, and as CPython counts allocations less frees to time its
+    young collections, the new objects pile up uncollected and one
+    collection later goes over all of them at once (3-4 ms with 1,000
+    types, bench/scrape.py)."""
     def predicate():
         gc.collect(0)
         end = time.perf_counter() + seconds
@@ -635,8 +635,8 @@ class Exposition:
         """Every process's families; labelled by worker when there are
         several.  This process's are collected a family a step, in the
         slices of the encoding: all of them at once held the reactor for
-        0.2-0.7 ms, and a turn for each made a GET take 40-odd turns
-        while enqueues came, a trip round the reactor each."""
+        0.2-0.7 ms, and a turn for each added 15-odd turns to a GET while
+        enqueues came, a trip round the reactor each."""
         own = []
         await self.cooperator.coiterate(_into(self.own.collect(), own))
         if self.folder is None:
