@@ -116,7 +116,23 @@ class RedisCluster:
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         self.wait_ok()
+        self.wait_replicas()
         return self
+
+    def wait_replicas(self, timeout=30):
+        """Until every replica has its master's data: redis-cli makes them
+        replicas after the cluster says ok, and until they are, a write
+        with wait_replicas finds no replica to wait for."""
+        expected = len(self.nodes) - len(self.nodes) // (1 + self.replicas)
+
+        def up():
+            try:
+                return sum(1 for n in self.running()
+                           if "master_link_status:up" in n.info("INFO", "replication")) \
+                    == expected
+            except OSError:
+                return False
+        wait_for(up, timeout, step=0.1)
 
     def node(self, port):
         return next(n for n in self.nodes if n.port == port)
