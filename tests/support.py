@@ -116,23 +116,7 @@ class RedisCluster:
                         "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)
         self.wait_ok()
-        self.wait_replicas()
         return self
-
-    def wait_replicas(self, timeout=30):
-        """Until every replica has its master's data: redis-cli makes them
-        replicas after the cluster says ok, and until they are, a write
-        with wait_replicas finds no replica to wait for."""
-        expected = len(self.nodes) - len(self.nodes) // (1 + self.replicas)
-
-        def up():
-            try:
-                return sum(1 for n in self.running()
-                           if "master_link_status:up" in n.info("INFO", "replication")) \
-                    == expected
-            except OSError:
-                return False
-        wait_for(up, timeout, step=0.1)
 
     def node(self, port):
         return next(n for n in self.nodes if n.port == port)
@@ -142,13 +126,16 @@ class RedisCluster:
 
     def wait_ok(self, timeout=30):
         """Until every running node says cluster_state:ok and agrees on
-        which nodes are masters with slots."""
+        which nodes are masters with slots, and every other running node
+        is a replica that has its master's data (redis-cli makes them
+        replicas after the cluster says ok; until then a write with
+        wait_replicas finds no replica to wait for)."""
         def ok():
             try:
                 views = {tuple(sorted(self.masters_seen_by(n))) for n in self.running()}
+                masters = next(iter(views))
                 synced = all("master_link_status:up" in n.info("INFO", "replication")
-                             for n in self.running()
-                             if "role:slave" in n.info("INFO", "replication"))
+                             for n in self.running() if n.port not in masters)
                 return all("cluster_state:ok" in n.info("CLUSTER", "INFO")
                            for n in self.running()) and len(views) == 1 and synced
             except OSError:
